@@ -1,0 +1,42 @@
+"""dicom-storescp: a fast, safe DICOM C-STORE SCP for Python with a Rust core.
+
+>>> from dicom_storescp import StoreScp
+>>> scp = StoreScp(port=4446, ae_title="MY-SCP", out_dir="./dicom-storage")
+>>> scp.add_event_listener("OnFileStored", lambda event: print(event["file"]))
+>>> scp.listen()  # doctest: +SKIP
+"""
+
+from ._core import __version__
+from ._scp import EVENT_NAMES, StoreScp
+from ._types import (
+    AbstractSyntaxMode,
+    CustomTag,
+    ErrorEvent,
+    Event,
+    EventName,
+    FileStoredEvent,
+    GroupingStrategy,
+    S3Config,
+    ServerStartedEvent,
+    StorageBackend,
+    Tags,
+    TransferSyntaxMode,
+)
+
+__all__ = [
+    "EVENT_NAMES",
+    "AbstractSyntaxMode",
+    "CustomTag",
+    "ErrorEvent",
+    "Event",
+    "EventName",
+    "FileStoredEvent",
+    "GroupingStrategy",
+    "S3Config",
+    "ServerStartedEvent",
+    "StorageBackend",
+    "StoreScp",
+    "Tags",
+    "TransferSyntaxMode",
+    "__version__",
+]

@@ -1,0 +1,372 @@
+"""The :class:`StoreScp` facade over the Rust core."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, NoReturn, Optional, TypeVar, Union, cast
+
+from . import _core
+from ._types import (
+    AbstractSyntaxMode,
+    CustomTag,
+    EventName,
+    GroupingStrategy,
+    S3Config,
+    StorageBackend,
+    TransferSyntaxMode,
+)
+
+logger = logging.getLogger("dicom_storescp")
+
+EVENT_NAMES: tuple[EventName, ...] = ("OnServerStarted", "OnFileStored", "OnError")
+
+Listener = Callable[[Any], object]
+L = TypeVar("L", bound=Listener)
+
+_DEFAULT_STUDY_TIMEOUT = 30.0
+
+
+def _is_uid(value: str) -> bool:
+    parts = value.split(".")
+    return 0 < len(value) <= 64 and all(p.isdigit() and p.isascii() for p in parts)
+
+
+def _is_ae_title(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 16
+        and value.strip() != ""
+        and all(0x20 <= ord(c) < 0x7F and c != "\\" for c in value)
+    )
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, not {value!r}")
+    return value
+
+
+def _check_seconds(name: str, value: object, allow_none: bool = True) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+    return cast(str, value)
+
+
+def _str_list(name: str, value: object) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be a list of strings, not {value!r}")
+    items = list(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{name} must contain only strings, not {item!r}")
+    return items
+
+
+def _resolve_uids(name: str, values: list[str], known: Optional[set[str]] = None) -> list[str]:
+    """Turn standard keywords (``"CTImageStorage"``) or UIDs into UIDs."""
+    out = []
+    for v in values:
+        v = v.strip()
+        uid = v if _is_uid(v) else _core.uid_for_keyword(v)
+        if uid is None:
+            raise ValueError(f"{name}: {v!r} is neither a UID nor a known DICOM keyword")
+        if known is not None and uid not in known:
+            raise ValueError(f"{name}: {v!r} is not supported by this receiver")
+        out.append(uid)
+    return out
+
+
+def _not_yet(option: str) -> NoReturn:
+    raise NotImplementedError(
+        f"option {option!r} is not implemented yet in this version of dicom-storescp"
+    )
+
+
+class StoreScp:
+    """A DICOM C-STORE SCP: receives objects over the network and stores them.
+
+    Events are delivered to listeners on one dispatcher thread, never on the
+    network threads; a slow or failing listener never stalls reception.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        ae_title: str = "STORE-SCP",
+        strict: bool = False,
+        max_pdu_length: int = 16384,
+        out_dir: Union[str, os.PathLike[str], None] = None,
+        storage_backend: StorageBackend = "Filesystem",
+        s3_config: Optional[S3Config] = None,
+        store_with_file_meta: bool = False,
+        extract_tags: Sequence[str] = (),
+        extract_custom_tags: Sequence[CustomTag] = (),
+        grouping_strategy: GroupingStrategy = "ByScope",
+        custom_groups: Optional[Mapping[str, Sequence[str]]] = None,
+        abstract_syntax_mode: AbstractSyntaxMode = "AllStorage",
+        abstract_syntaxes: Sequence[str] = (),
+        transfer_syntax_mode: TransferSyntaxMode = "All",
+        transfer_syntaxes: Sequence[str] = (),
+        study_timeout: float = _DEFAULT_STUDY_TIMEOUT,
+        verbose: bool = False,
+        host: str = "0.0.0.0",
+        max_associations: int = 100,
+        acse_timeout: Optional[float] = 30.0,
+        dimse_timeout: Optional[float] = 60.0,
+        idle_timeout: Optional[float] = 300.0,
+        allowed_calling_ae_titles: Optional[Sequence[str]] = None,
+        require_called_ae_title: bool = False,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        tls_ca: Optional[str] = None,
+        **unknown: NoReturn,
+    ) -> None:
+        if unknown:
+            raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        port = _check_int("port", port, 0, 65535)
+        if not _is_ae_title(ae_title):
+            raise ValueError(
+                f"ae_title must be 1 to 16 printable ASCII characters, not {ae_title!r}"
+            )
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"host must be a non-empty string, not {host!r}")
+        backend = _check_choice("storage_backend", storage_backend, ("Filesystem", "S3"))
+        if backend == "S3":
+            _not_yet("storage_backend='S3'")
+        if s3_config is not None:
+            _not_yet("s3_config")
+        if out_dir is None:
+            raise ValueError("out_dir is required when storage_backend is 'Filesystem'")
+        if not isinstance(out_dir, (str, os.PathLike)):
+            raise ValueError(f"out_dir must be a path, not {out_dir!r}")
+        out_path = os.path.abspath(os.fspath(out_dir))
+
+        if _str_list("extract_tags", extract_tags):
+            _not_yet("extract_tags")
+        if list(extract_custom_tags):
+            _not_yet("extract_custom_tags")
+        _check_choice(
+            "grouping_strategy", grouping_strategy, ("ByScope", "Flat", "StudyLevel", "Custom")
+        )
+        if grouping_strategy != "ByScope":
+            _not_yet("grouping_strategy")
+        if custom_groups is not None:
+            _not_yet("custom_groups")
+        timeout = _check_seconds("study_timeout", study_timeout, allow_none=False)
+        if timeout != _DEFAULT_STUDY_TIMEOUT:
+            _not_yet("study_timeout")
+        for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_ca", tls_ca)):
+            if value is not None:
+                _not_yet(name)
+
+        as_mode = _check_choice(
+            "abstract_syntax_mode", abstract_syntax_mode, ("AllStorage", "All", "Custom")
+        )
+        as_uids = _resolve_uids(
+            "abstract_syntaxes", _str_list("abstract_syntaxes", abstract_syntaxes)
+        )
+        if as_mode == "Custom" and not as_uids:
+            raise ValueError(
+                "abstract_syntaxes must not be empty when abstract_syntax_mode is 'Custom'"
+            )
+        ts_mode = _check_choice(
+            "transfer_syntax_mode", transfer_syntax_mode, ("All", "UncompressedOnly", "Custom")
+        )
+        ts_uids = _resolve_uids(
+            "transfer_syntaxes",
+            _str_list("transfer_syntaxes", transfer_syntaxes),
+            set(_core.storable_transfer_syntax_uids()),
+        )
+        if ts_mode == "Custom" and not ts_uids:
+            raise ValueError(
+                "transfer_syntaxes must not be empty when transfer_syntax_mode is 'Custom'"
+            )
+
+        allowed: Optional[list[str]] = None
+        if allowed_calling_ae_titles is not None:
+            allowed = _str_list("allowed_calling_ae_titles", allowed_calling_ae_titles)
+            for ae in allowed:
+                if not _is_ae_title(ae):
+                    raise ValueError(f"allowed_calling_ae_titles: {ae!r} is not an AE title")
+
+        options: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "ae_title": ae_title,
+            "max_pdu_length": _check_int("max_pdu_length", max_pdu_length, 4096, 16 * 1024 * 1024),
+            "strict": _check_bool("strict", strict),
+            "out_dir": out_path,
+            "store_with_file_meta": _check_bool("store_with_file_meta", store_with_file_meta),
+            "abstract_syntax_mode": as_mode,
+            "abstract_syntaxes": as_uids,
+            "transfer_syntax_mode": ts_mode,
+            "transfer_syntaxes": ts_uids,
+            "max_associations": _check_int("max_associations", max_associations, 1, 100_000),
+            "acse_timeout": _check_seconds("acse_timeout", acse_timeout),
+            "dimse_timeout": _check_seconds("dimse_timeout", dimse_timeout),
+            "idle_timeout": _check_seconds("idle_timeout", idle_timeout),
+            "allowed_calling_ae_titles": allowed,
+            "require_called_ae_title": _check_bool(
+                "require_called_ae_title", require_called_ae_title
+            ),
+            "verbose": _check_bool("verbose", verbose),
+        }
+        self._options = options
+        self._core = _core._Server(options)
+        self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENT_NAMES}
+        self._lock = threading.Lock()
+        self._dispatcher: Optional[threading.Thread] = None
+        self._running = threading.Event()
+        self._port: Optional[int] = None
+        self.verbose = verbose
+        if verbose:
+            _enable_verbose_logging()
+
+    # -- listeners ---------------------------------------------------------
+
+    def add_event_listener(self, event: EventName, listener: Listener) -> None:
+        """Call ``listener(event_dict)`` for every ``event``."""
+        self._check_event(event)
+        if not callable(listener):
+            raise ValueError(f"listener must be callable, not {listener!r}")
+        with self._lock:
+            self._listeners[event].append(listener)
+
+    def remove_event_listener(self, event: EventName, listener: Listener) -> None:
+        """Stop calling ``listener`` for ``event`` (no error if it was not registered)."""
+        self._check_event(event)
+        with self._lock:
+            if listener in self._listeners[event]:
+                self._listeners[event].remove(listener)
+
+    def on(self, event: EventName) -> Callable[[L], L]:
+        """Decorator form of :meth:`add_event_listener`."""
+
+        def register(listener: L) -> L:
+            self.add_event_listener(event, listener)
+            return listener
+
+        return register
+
+    @staticmethod
+    def _check_event(event: str) -> None:
+        if event not in EVENT_NAMES:
+            raise ValueError(f"event must be one of {', '.join(EVENT_NAMES)}, not {event!r}")
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def port(self) -> Optional[int]:
+        """The bound port once started (useful with ``port=0``)."""
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._running.is_set()
+
+    def start(self) -> StoreScp:
+        """Bind the port and start receiving in the background; returns once bound."""
+        if self._running.is_set():
+            return self
+        self._port = self._core.start()
+        self._running.set()
+        dispatcher = threading.Thread(
+            target=_dispatch,
+            args=(self._core, self._listeners, self._lock),
+            name=f"dicom-storescp-events-{self._port}",
+            daemon=True,
+        )
+        self._dispatcher = dispatcher
+        dispatcher.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop gracefully: objects in flight are finished (up to ``timeout``
+        seconds), then every association is closed. Every event is delivered
+        to listeners before this returns (unless called from a listener)."""
+        if not self._running.is_set():
+            return
+        self._core.stop(timeout)
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join()
+        self._running.clear()
+
+    def listen(self) -> None:
+        """Start (if needed) and block until :meth:`stop` or Ctrl-C."""
+        self.start()
+        try:
+            while self._running.is_set():
+                self._running_wait(0.5)
+        except KeyboardInterrupt:
+            logger.info("interrupted, stopping")
+        finally:
+            self.stop()
+
+    def _running_wait(self, seconds: float) -> None:
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.join(seconds)
+            if not dispatcher.is_alive():
+                self._running.clear()
+
+    def __enter__(self) -> StoreScp:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"port={self._port}" if self.running else "stopped"
+        return f"StoreScp(ae_title={self._options['ae_title']!r}, {state})"
+
+
+def _enable_verbose_logging() -> None:
+    """verbose=True: INFO lines from this package, to stderr unless the
+    application configured logging itself."""
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+
+
+def _dispatch(core: Any, listeners: dict[str, list[Listener]], lock: threading.Lock) -> None:
+    """The dispatcher thread: drain the core's events until it closes."""
+    while True:
+        event = core.next_event(0.5)
+        if event is None:
+            continue
+        name = event.pop("event")
+        if name == "Closed":
+            return
+        if name == "_Log":
+            logger.log(event["level"], "%s", event["message"])
+            continue
+        with lock:
+            targets = list(listeners.get(name, ()))
+        for listener in targets:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("listener %r for %s raised", listener, name)

@@ -1,0 +1,739 @@
+//! One association, from A-ASSOCIATE-RQ to release or abort: negotiation,
+//! the DIMSE message loop (C-ECHO, C-STORE) and the timeouts that bound it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_core::Tag;
+use dicom_object::FileMetaTableBuilder;
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderPresentationReason, AssociationRJSource, Pdu,
+};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::ServerConfig;
+use crate::dimse::{self, status, Command};
+use crate::events::{ErrorInfo, Event, Events, FileStored, Level};
+use crate::negotiation::{
+    AcceptedContext, NegotiationPolicy, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
+    VERIFICATION,
+};
+use crate::pdu::{self, PduError, PduReader};
+use crate::receive::{self, Incoming, StoreFailure};
+use crate::storage::{is_valid_uid, Storage};
+
+/// Everything an association needs from its server.
+pub struct ServerContext {
+    pub config: ServerConfig,
+    pub policy: NegotiationPolicy,
+    pub storage: Arc<dyn Storage>,
+    pub events: Events,
+    pub wanted_tags: Arc<Vec<Tag>>,
+}
+
+type Io = BufReader<TcpStream>;
+
+/// Why the message loop ended.
+enum End {
+    Released,
+    PeerAborted,
+    Closed,
+    Shutdown,
+    /// We abort: protocol violation, timeout, oversized PDU...
+    Abort(AbortRQServiceProviderReason, String),
+    Io(String),
+}
+
+/// A C-STORE whose data set is arriving.
+struct Receiving {
+    cmd: Command,
+    sop_class_uid: String,
+    sop_instance_uid: String,
+    context: AcceptedContext,
+    incoming: Incoming,
+}
+
+/// A request whose data set is read and dropped, then answered with a
+/// prepared failure response.
+struct Discarding {
+    context_id: u8,
+    response: Vec<u8>,
+    error: Option<ErrorInfo>,
+}
+
+struct Session {
+    ctx: Arc<ServerContext>,
+    contexts: Vec<AcceptedContext>,
+    calling_ae_title: String,
+    peer: String,
+    command: Vec<u8>,
+    command_context: Option<u8>,
+    receiving: Option<Receiving>,
+    discarding: Option<Discarding>,
+    stored: u64,
+}
+
+async fn timed<T>(limit: Option<Duration>, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+fn peer_string(addr: &SocketAddr) -> String {
+    addr.to_string()
+}
+
+/// Refuse an association because the server is at its limit.
+pub async fn reject_busy(stream: TcpStream, ctx: Arc<ServerContext>, peer: SocketAddr) {
+    let mut io = BufReader::new(stream);
+    let mut reader = PduReader::default();
+    let first = timed(
+        ctx.config.acse_timeout,
+        reader.read(&mut io, pdu::MAX_ASSOCIATE_PDU),
+    )
+    .await;
+    if let Some(Ok(raw)) = first {
+        if raw.pdu_type == pdu::A_ASSOCIATE_RQ {
+            let rj = AssociationRJ {
+                result: AssociationRJResult::Transient,
+                source: AssociationRJSource::ServiceProviderPresentation(
+                    AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+                ),
+            };
+            pdu::send_quietly(io.get_mut(), &pdu::reject_pdu(rj)).await;
+        }
+    }
+    let _ = io.get_mut().shutdown().await;
+    ctx.events.log(Level::Warning, || {
+        format!(
+            "association from {peer} rejected: local limit of {} associations exceeded",
+            ctx.config.max_associations
+        )
+    });
+}
+
+/// Serve one association to its end.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ServerContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut io = BufReader::with_capacity(64 * 1024, stream);
+    let mut reader = PduReader::default();
+    let events = ctx.events.clone();
+
+    // A-ASSOCIATE-RQ within the ACSE timeout.
+    let rq = match timed(
+        ctx.config.acse_timeout,
+        reader.read(&mut io, pdu::MAX_ASSOCIATE_PDU),
+    )
+    .await
+    {
+        None => {
+            events.log(Level::Info, || {
+                format!("{peer}: no association request within the ACSE timeout")
+            });
+            let _ = io.get_mut().shutdown().await;
+            return;
+        }
+        Some(Err(e)) => {
+            events.log(Level::Info, || {
+                format!("{peer}: connection dropped before association: {e}")
+            });
+            if matches!(e, PduError::TooLarge { .. }) {
+                pdu::send_quietly(
+                    io.get_mut(),
+                    &pdu::abort_pdu(AbortRQServiceProviderReason::InvalidPduParameter),
+                )
+                .await;
+            }
+            let _ = io.get_mut().shutdown().await;
+            return;
+        }
+        Some(Ok(raw)) => {
+            if raw.pdu_type != pdu::A_ASSOCIATE_RQ {
+                let t = raw.pdu_type;
+                events.log(Level::Warning, || {
+                    format!("{peer}: expected A-ASSOCIATE-RQ, got PDU type 0x{t:02x}")
+                });
+                pdu::send_quietly(
+                    io.get_mut(),
+                    &pdu::abort_pdu(AbortRQServiceProviderReason::UnexpectedPdu),
+                )
+                .await;
+                let _ = io.get_mut().shutdown().await;
+                return;
+            }
+            match dicom_ul::pdu::read_pdu(raw.bytes, pdu::MAX_ASSOCIATE_PDU, false) {
+                Ok(Some(Pdu::AssociationRQ(rq))) => rq,
+                other => {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        _ => "incomplete A-ASSOCIATE-RQ".to_string(),
+                    };
+                    events.log(Level::Warning, || {
+                        format!("{peer}: malformed A-ASSOCIATE-RQ: {why}")
+                    });
+                    pdu::send_quietly(
+                        io.get_mut(),
+                        &pdu::abort_pdu(AbortRQServiceProviderReason::InvalidPduParameter),
+                    )
+                    .await;
+                    let _ = io.get_mut().shutdown().await;
+                    return;
+                }
+            }
+        }
+    };
+
+    let negotiated = match ctx.policy.negotiate(&rq) {
+        Ok(n) => n,
+        Err(rejection) => {
+            events.log(Level::Warning, || {
+                format!(
+                    "association from {:?} at {peer} rejected: {}",
+                    rq.calling_ae_title, rejection.reason
+                )
+            });
+            pdu::send_quietly(io.get_mut(), &pdu::reject_pdu(rejection.rj)).await;
+            let _ = io.get_mut().shutdown().await;
+            return;
+        }
+    };
+    match pdu::encode(&Pdu::AssociationAC(negotiated.ac)) {
+        Ok(bytes) => {
+            if io.get_mut().write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        Err(_) => return,
+    }
+    events.log(Level::Info, || {
+        format!(
+            "association accepted: {:?} -> {:?} from {peer}, {} presentation context(s)",
+            negotiated.calling_ae_title,
+            negotiated.called_ae_title,
+            negotiated.contexts.len()
+        )
+    });
+
+    let mut session = Session {
+        ctx: ctx.clone(),
+        contexts: negotiated.contexts,
+        calling_ae_title: negotiated.calling_ae_title,
+        peer: peer_string(&peer),
+        command: Vec::new(),
+        command_context: None,
+        receiving: None,
+        discarding: None,
+        stored: 0,
+    };
+    let end = session.run(&mut io, &mut reader, &mut shutdown).await;
+    session.finish(&mut io, end).await;
+}
+
+impl Session {
+    fn busy(&self) -> bool {
+        self.receiving.is_some() || self.discarding.is_some() || !self.command.is_empty()
+    }
+
+    async fn run(
+        &mut self,
+        io: &mut Io,
+        reader: &mut PduReader,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        let limit = self.ctx.config.pdu_limit();
+        loop {
+            let busy = self.busy();
+            let timeout = if busy {
+                self.ctx.config.dimse_timeout
+            } else {
+                self.ctx.config.idle_timeout
+            };
+            let read = timed(timeout, reader.read(io, limit));
+            let result = if busy {
+                // An object in flight is finished even when the server stops.
+                read.await
+            } else {
+                if *shutdown.borrow() {
+                    return End::Shutdown;
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return End::Shutdown,
+                    r = read => r,
+                }
+            };
+            let raw = match result {
+                None => {
+                    return End::Abort(
+                        AbortRQServiceProviderReason::ReasonNotSpecified,
+                        format!(
+                            "no data from peer within the {} timeout",
+                            if busy { "DIMSE" } else { "idle" }
+                        ),
+                    )
+                }
+                Some(Err(PduError::Closed)) => return End::Closed,
+                Some(Err(PduError::Io(e))) => return End::Io(e.to_string()),
+                Some(Err(e)) => {
+                    return End::Abort(
+                        AbortRQServiceProviderReason::InvalidPduParameter,
+                        e.to_string(),
+                    )
+                }
+                Some(Ok(raw)) => raw,
+            };
+            match raw.pdu_type {
+                pdu::P_DATA_TF => {
+                    // Handle each PDV; the reader's buffer is borrowed, so
+                    // copy out the (few) PDV headers first.
+                    let body = raw.body();
+                    let mut items = Vec::with_capacity(2);
+                    for item in pdu::pdvs(body) {
+                        match item {
+                            Ok(p) => items.push(p),
+                            Err(e) => {
+                                return End::Abort(
+                                    AbortRQServiceProviderReason::InvalidPduParameter,
+                                    e.to_string(),
+                                )
+                            }
+                        }
+                    }
+                    for pdv in items {
+                        if let Err(end) = self.on_pdv(io, pdv).await {
+                            return end;
+                        }
+                    }
+                }
+                pdu::A_RELEASE_RQ => {
+                    let rp = dicom_ul::pdu::Pdu::ReleaseRP;
+                    pdu::send_quietly(io.get_mut(), &rp).await;
+                    return End::Released;
+                }
+                pdu::A_ABORT => return End::PeerAborted,
+                pdu::A_ASSOCIATE_RQ | pdu::A_RELEASE_RP | 0x02 | 0x03 => {
+                    return End::Abort(
+                        AbortRQServiceProviderReason::UnexpectedPdu,
+                        format!("unexpected PDU type 0x{:02x}", raw.pdu_type),
+                    )
+                }
+                other => {
+                    return End::Abort(
+                        AbortRQServiceProviderReason::UnrecognizedPdu,
+                        format!("unknown PDU type 0x{other:02x}"),
+                    )
+                }
+            }
+            reader.shrink(self.ctx.config.max_pdu_length as usize + pdu::HEADER_LEN);
+        }
+    }
+
+    fn context(&self, id: u8) -> Option<&AcceptedContext> {
+        self.contexts.iter().find(|c| c.id == id)
+    }
+
+    async fn send_command(&self, io: &mut Io, context_id: u8, command: Vec<u8>) -> Result<(), End> {
+        let bytes =
+            pdu::encode_pdata(context_id, true, command).map_err(|e| End::Io(e.to_string()))?;
+        io.get_mut()
+            .write_all(&bytes)
+            .await
+            .map_err(|e| End::Io(e.to_string()))
+    }
+
+    async fn on_pdv(&mut self, io: &mut Io, pdv: pdu::Pdv<'_>) -> Result<(), End> {
+        let protocol =
+            |msg: String| End::Abort(AbortRQServiceProviderReason::UnexpectedPduParameter, msg);
+        if self.context(pdv.context_id).is_none() {
+            return Err(protocol(format!(
+                "PDV for presentation context {} which was not accepted",
+                pdv.context_id
+            )));
+        }
+        if pdv.is_command {
+            if self.receiving.is_some() || self.discarding.is_some() {
+                return Err(protocol(
+                    "command received while a data set was expected".into(),
+                ));
+            }
+            if let Some(id) = self.command_context {
+                if id != pdv.context_id {
+                    return Err(protocol(
+                        "command fragments on different presentation contexts".into(),
+                    ));
+                }
+            }
+            if self.command.len() + pdv.data.len() > dimse::MAX_COMMAND_LEN {
+                return Err(protocol("command set too large".into()));
+            }
+            self.command_context = Some(pdv.context_id);
+            self.command.extend_from_slice(pdv.data);
+            if pdv.is_last {
+                let bytes = std::mem::take(&mut self.command);
+                self.command_context = None;
+                let cmd = dimse::parse_command(&bytes)
+                    .map_err(|e| protocol(format!("bad command set: {e}")))?;
+                self.on_command(io, cmd, pdv.context_id).await?;
+            }
+            return Ok(());
+        }
+
+        if let Some(r) = self.receiving.as_mut() {
+            if r.context.id != pdv.context_id {
+                return Err(protocol(
+                    "data set fragment on another presentation context".into(),
+                ));
+            }
+            r.incoming.push(pdv.data).await;
+            if pdv.is_last {
+                if let Some(r) = self.receiving.take() {
+                    self.complete_store(io, r).await?;
+                }
+            }
+            return Ok(());
+        }
+        if let Some(d) = self.discarding.as_ref() {
+            if d.context_id != pdv.context_id {
+                return Err(protocol(
+                    "data set fragment on another presentation context".into(),
+                ));
+            }
+            if pdv.is_last {
+                if let Some(d) = self.discarding.take() {
+                    if let Some(err) = d.error {
+                        self.ctx.events.error(err);
+                    }
+                    self.send_command(io, d.context_id, d.response).await?;
+                }
+            }
+            return Ok(());
+        }
+        Err(protocol("data set fragment without a command".into()))
+    }
+
+    fn error_info(&self, message: String, sop: Option<&str>, status: Option<u16>) -> ErrorInfo {
+        ErrorInfo {
+            message,
+            sop_instance_uid: sop.map(str::to_string),
+            calling_ae_title: Some(self.calling_ae_title.clone()),
+            peer: Some(self.peer.clone()),
+            status,
+        }
+    }
+
+    async fn on_command(&mut self, io: &mut Io, cmd: Command, context_id: u8) -> Result<(), End> {
+        let context = match self.context(context_id) {
+            Some(c) => c.clone(),
+            None => {
+                return Err(End::Abort(
+                    AbortRQServiceProviderReason::UnexpectedPduParameter,
+                    "unknown context".into(),
+                ))
+            }
+        };
+        match cmd.command_field {
+            dimse::C_ECHO_RQ if !cmd.has_dataset => {
+                let class = cmd
+                    .affected_sop_class_uid
+                    .clone()
+                    .unwrap_or_else(|| VERIFICATION.to_string());
+                self.ctx
+                    .events
+                    .log(Level::Debug, || format!("C-ECHO from {}", self.peer));
+                self.send_command(io, context_id, dimse::echo_response(cmd.message_id, &class))
+                    .await
+            }
+            dimse::C_STORE_RQ => self.begin_store(io, cmd, context).await,
+            dimse::C_CANCEL_RQ => Ok(()),
+            field => {
+                let class = cmd.affected_sop_class_uid.clone().unwrap_or_default();
+                let response = dimse::unsupported_response(field, cmd.message_id, &class);
+                self.ctx.events.log(Level::Warning, || {
+                    format!("{}: unsupported DIMSE command 0x{field:04x}", self.peer)
+                });
+                if cmd.has_dataset {
+                    self.discarding = Some(Discarding {
+                        context_id,
+                        response,
+                        error: None,
+                    });
+                    Ok(())
+                } else {
+                    self.send_command(io, context_id, response).await
+                }
+            }
+        }
+    }
+
+    async fn begin_store(
+        &mut self,
+        io: &mut Io,
+        cmd: Command,
+        context: AcceptedContext,
+    ) -> Result<(), End> {
+        let sop_class_uid = cmd.affected_sop_class_uid.clone().unwrap_or_default();
+        let sop_instance_uid = cmd.affected_sop_instance_uid.clone().unwrap_or_default();
+        let refuse = |status: u16, message: String| {
+            (
+                dimse::store_response(
+                    cmd.message_id,
+                    &sop_class_uid,
+                    &sop_instance_uid,
+                    status,
+                    Some(&message),
+                ),
+                message,
+                status,
+            )
+        };
+        let refusal = if !cmd.has_dataset {
+            Some(refuse(
+                status::CANNOT_UNDERSTAND,
+                "C-STORE without a data set".into(),
+            ))
+        } else if !is_valid_uid(&sop_instance_uid) {
+            Some(refuse(
+                status::CANNOT_UNDERSTAND,
+                format!("Affected SOP Instance UID {sop_instance_uid:?} is not a valid UID"),
+            ))
+        } else if !is_valid_uid(&sop_class_uid) {
+            Some(refuse(
+                status::CANNOT_UNDERSTAND,
+                format!("Affected SOP Class UID {sop_class_uid:?} is not a valid UID"),
+            ))
+        } else {
+            None
+        };
+        if let Some((response, message, status)) = refusal {
+            let info = self.error_info(message, Some(&sop_instance_uid), Some(status));
+            if cmd.has_dataset {
+                self.discarding = Some(Discarding {
+                    context_id: context.id,
+                    response,
+                    error: Some(info),
+                });
+                return Ok(());
+            }
+            self.ctx.events.error(info);
+            return self.send_command(io, context.id, response).await;
+        }
+
+        let prefix = if self.ctx.config.store_with_file_meta {
+            match file_meta_prefix(
+                &sop_class_uid,
+                &sop_instance_uid,
+                &context.transfer_syntax,
+                &self.calling_ae_title,
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    let (response, message, status) = refuse(status::CANNOT_UNDERSTAND, e);
+                    self.discarding = Some(Discarding {
+                        context_id: context.id,
+                        response,
+                        error: Some(self.error_info(
+                            message,
+                            Some(&sop_instance_uid),
+                            Some(status),
+                        )),
+                    });
+                    return Ok(());
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let incoming = Incoming::new(self.ctx.storage.spool_dir().to_path_buf(), prefix);
+        self.receiving = Some(Receiving {
+            cmd,
+            sop_class_uid,
+            sop_instance_uid,
+            context,
+            incoming,
+        });
+        Ok(())
+    }
+
+    async fn complete_store(&mut self, io: &mut Io, r: Receiving) -> Result<(), End> {
+        let Receiving {
+            cmd,
+            sop_class_uid,
+            sop_instance_uid,
+            context,
+            incoming,
+        } = r;
+        let result = match incoming.finish().await {
+            Err(e) => Err(StoreFailure {
+                status: status::OUT_OF_RESOURCES,
+                message: format!("cannot spool object: {e}"),
+            }),
+            Ok((object, offset)) => {
+                receive::complete(
+                    object,
+                    offset,
+                    &context.transfer_syntax,
+                    &sop_instance_uid,
+                    self.ctx.wanted_tags.clone(),
+                    self.ctx.storage.as_ref(),
+                )
+                .await
+            }
+        };
+        let (status, comment) = match &result {
+            Ok(_) => (status::SUCCESS, None),
+            Err(f) => (f.status, Some(f.message.as_str())),
+        };
+        let response = dimse::store_response(
+            cmd.message_id,
+            &sop_class_uid,
+            &sop_instance_uid,
+            status,
+            comment,
+        );
+        // Answer first, then tell Python: the sender never waits for listeners.
+        let sent = self.send_command(io, context.id, response).await;
+        match result {
+            Ok(outcome) => {
+                self.stored += 1;
+                let header = &outcome.header;
+                self.ctx.events.log(Level::Info, || {
+                    format!(
+                        "stored {} ({} bytes) from {}",
+                        outcome.stored.location, outcome.stored.size, self.peer
+                    )
+                });
+                let file_stored = FileStored {
+                    file: outcome.stored.location,
+                    sop_instance_uid: outcome.key.sop_instance_uid,
+                    sop_class_uid: header
+                        .get(crate::header::SOP_CLASS_UID)
+                        .map(str::to_string)
+                        .unwrap_or(sop_class_uid),
+                    transfer_syntax_uid: context.transfer_syntax,
+                    study_instance_uid: outcome.key.study_instance_uid,
+                    series_instance_uid: outcome.key.series_instance_uid,
+                    calling_ae_title: self.calling_ae_title.clone(),
+                    peer: self.peer.clone(),
+                    size: outcome.stored.size,
+                    tags: default_tag_groups(),
+                };
+                self.ctx
+                    .events
+                    .emit(Event::FileStored(Box::new(file_stored)));
+            }
+            Err(f) => {
+                let info = self.error_info(f.message, Some(&sop_instance_uid), Some(f.status));
+                self.ctx.events.error(info);
+            }
+        }
+        sent
+    }
+
+    async fn finish(mut self, io: &mut Io, end: End) {
+        let events = self.ctx.events.clone();
+        let (what, send_abort) = match &end {
+            End::Released => ("released".to_string(), None),
+            End::PeerAborted => ("aborted by peer".to_string(), None),
+            End::Closed => ("connection closed by peer".to_string(), None),
+            End::Shutdown => (
+                "aborted: server shutting down".to_string(),
+                Some(AbortRQServiceProviderReason::ReasonNotSpecified),
+            ),
+            End::Abort(reason, msg) => (format!("aborted: {msg}"), Some(reason.clone())),
+            End::Io(msg) => (format!("I/O error: {msg}"), None),
+        };
+        if let Some(r) = self.receiving.take() {
+            let received = r.incoming.len();
+            drop(r.incoming);
+            events.error(self.error_info(
+                format!("association {what} after {received} bytes of the object"),
+                Some(&r.sop_instance_uid),
+                None,
+            ));
+        }
+        if let Some(reason) = send_abort {
+            pdu::send_quietly(io.get_mut(), &pdu::abort_pdu(reason)).await;
+        }
+        let _ = io.get_mut().shutdown().await;
+        let level = match end {
+            End::Abort(..) | End::Io(_) => Level::Warning,
+            _ => Level::Info,
+        };
+        events.log(level, || {
+            format!(
+                "association with {:?} at {} {what}; {} object(s) stored",
+                self.calling_ae_title, self.peer, self.stored
+            )
+        });
+    }
+}
+
+/// `tags` of an event before tag extraction is configured.
+pub fn default_tag_groups() -> crate::events::GroupedTags {
+    ["patient", "study", "series", "instance"]
+        .iter()
+        .map(|g| (g.to_string(), Vec::new()))
+        .collect()
+}
+
+/// The 128-byte preamble, `DICM` and the file meta group for one object.
+pub fn file_meta_prefix(
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+    transfer_syntax: &str,
+    calling_ae_title: &str,
+) -> Result<Vec<u8>, String> {
+    let mut builder = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class_uid)
+        .media_storage_sop_instance_uid(sop_instance_uid)
+        .transfer_syntax(transfer_syntax)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME);
+    if !calling_ae_title.is_empty() {
+        builder = builder.source_application_entity_title(calling_ae_title);
+    }
+    let meta = builder
+        .build()
+        .map_err(|e| format!("cannot build file meta: {e}"))?;
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out)
+        .map_err(|e| format!("cannot write file meta: {e}"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_meta_prefix_is_part10() {
+        let p = file_meta_prefix(
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3.4",
+            "1.2.840.10008.1.2.1",
+            "SCU",
+        )
+        .unwrap();
+        assert_eq!(&p[128..132], b"DICM");
+        assert!(p[..128].iter().all(|b| *b == 0));
+        // group length element first, value = rest of the group
+        assert_eq!(&p[132..136], &[0x02, 0x00, 0x00, 0x00]);
+        let gl = u32::from_le_bytes(p[140..144].try_into().unwrap()) as usize;
+        assert_eq!(gl, p.len() - 144);
+        let meta = dicom_object::FileMetaTable::from_reader(&p[128..]).unwrap();
+        assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2.1");
+        assert_eq!(meta.media_storage_sop_instance_uid(), "1.2.3.4");
+        assert_eq!(meta.source_application_entity_title(), Some("SCU"));
+    }
+}

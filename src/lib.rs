@@ -1,0 +1,27 @@
+//! dicom-storescp core: a DICOM C-STORE SCP.
+//!
+//! Module map (one concern each):
+//! - [`pdu`]: PDU framing with hard size limits, P-DATA splitting
+//! - [`negotiation`]: presentation context policy, A-ASSOCIATE-AC/RJ
+//! - [`dimse`]: command sets (C-ECHO, C-STORE) in and out
+//! - [`association`]: one association's state machine and timeouts
+//! - [`receive`]: streaming an object to a spool, checking it, storing it
+//! - [`storage`]: storage backends behind one trait
+//! - [`header`]: reading UIDs and tags from the head of a data set
+//! - [`events`]: the per-server event channel
+//! - [`server`]: listener, runtime, limits, graceful stop
+//! - `python`: the pyo3 binding layer
+
+pub mod association;
+pub mod config;
+pub mod dimse;
+pub mod events;
+pub mod header;
+pub mod negotiation;
+pub mod pdu;
+pub mod receive;
+pub mod server;
+pub mod storage;
+pub mod uid_tables;
+
+mod python;

@@ -1,0 +1,264 @@
+//! PDU framing: reading whole PDUs off the wire with hard size limits, and
+//! splitting P-DATA-TF bodies into presentation data values without copying.
+//!
+//! Association PDUs (A-ASSOCIATE-RQ and friends) are decoded and encoded by
+//! `dicom-ul`; this module only frames them. P-DATA-TF, the hot path, is
+//! parsed here so that each fragment is a borrowed slice of one reused buffer.
+
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, PDataValue, PDataValueType, Pdu,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// PDU type codes (PS3.8 §9.3).
+pub const A_ASSOCIATE_RQ: u8 = 0x01;
+pub const P_DATA_TF: u8 = 0x04;
+pub const A_RELEASE_RQ: u8 = 0x05;
+pub const A_RELEASE_RP: u8 = 0x06;
+pub const A_ABORT: u8 = 0x07;
+
+/// Length of the fixed PDU header (type, reserved, 32-bit length).
+pub const HEADER_LEN: usize = 6;
+
+/// Largest association-negotiation PDU accepted (A-ASSOCIATE-RQ with many
+/// presentation contexts stays far below this).
+pub const MAX_ASSOCIATE_PDU: u32 = 1 << 20;
+
+/// In non-strict mode peers may exceed the advertised maximum PDU length (some
+/// do); this is the hard ceiling that still bounds memory per association.
+pub const NON_STRICT_PDU_CEILING: u32 = 16 << 20;
+
+/// Grow the receive buffer by at most this much per read, so a length field
+/// that lies about the size never allocates more than what actually arrives.
+const READ_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PduError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("PDU of {length} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { length: u32, limit: u32 },
+    #[error("malformed PDU: {0}")]
+    Malformed(&'static str),
+}
+
+/// A PDU read off the wire: its type and the whole encoded PDU (header
+/// included) in a buffer owned by the reader.
+pub struct RawPdu<'a> {
+    pub pdu_type: u8,
+    /// Header and body.
+    pub bytes: &'a [u8],
+}
+
+impl RawPdu<'_> {
+    pub fn body(&self) -> &[u8] {
+        self.bytes.get(HEADER_LEN..).unwrap_or_default()
+    }
+}
+
+/// Reads PDUs one at a time into a reused buffer.
+#[derive(Default)]
+pub struct PduReader {
+    buf: Vec<u8>,
+}
+
+impl PduReader {
+    /// Read the next PDU whose body must not exceed `limit` bytes.
+    pub async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+        limit: u32,
+    ) -> Result<RawPdu<'_>, PduError> {
+        let mut header = [0u8; HEADER_LEN];
+        match stream.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(PduError::Closed)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let [pdu_type, _, l0, l1, l2, l3] = header;
+        let length = u32::from_be_bytes([l0, l1, l2, l3]);
+        if length > limit {
+            return Err(PduError::TooLarge { length, limit });
+        }
+        let total = HEADER_LEN + length as usize;
+        self.buf.clear();
+        self.buf.extend_from_slice(&header);
+        while self.buf.len() < total {
+            let want = (total - self.buf.len()).min(READ_CHUNK);
+            let start = self.buf.len();
+            self.buf.resize(start + want, 0);
+            let target = self
+                .buf
+                .get_mut(start..)
+                .ok_or(PduError::Malformed("buffer"))?;
+            let n = stream.read(target).await?;
+            self.buf.truncate(start + n);
+            if n == 0 {
+                return Err(PduError::Closed);
+            }
+        }
+        Ok(RawPdu {
+            pdu_type,
+            bytes: &self.buf,
+        })
+    }
+
+    /// Release memory held after a large PDU, keeping a modest buffer.
+    pub fn shrink(&mut self, keep: usize) {
+        if self.buf.capacity() > keep.saturating_mul(2) {
+            self.buf = Vec::with_capacity(keep);
+        }
+    }
+}
+
+/// One presentation data value of a P-DATA-TF PDU.
+#[derive(Debug, Clone, Copy)]
+pub struct Pdv<'a> {
+    pub context_id: u8,
+    pub is_command: bool,
+    pub is_last: bool,
+    pub data: &'a [u8],
+}
+
+/// Iterate over the PDV items of a P-DATA-TF body.
+pub fn pdvs(body: &[u8]) -> impl Iterator<Item = Result<Pdv<'_>, PduError>> + '_ {
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let item = (|| {
+            let (len_bytes, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or(PduError::Malformed("truncated PDV item length"))?;
+            let len = u32::from_be_bytes(*len_bytes) as usize;
+            if len < 2 || len > tail.len() {
+                return Err(PduError::Malformed("PDV item length out of range"));
+            }
+            let (item, after) = tail.split_at(len);
+            let (&[context_id, control], data) = item
+                .split_first_chunk::<2>()
+                .ok_or(PduError::Malformed("truncated PDV header"))?;
+            rest = after;
+            Ok(Pdv {
+                context_id,
+                is_command: control & 0x01 != 0,
+                is_last: control & 0x02 != 0,
+                data,
+            })
+        })();
+        if item.is_err() {
+            rest = &[];
+        }
+        Some(item)
+    })
+}
+
+/// Encode a PDU with dicom-ul's writer.
+pub fn encode(pdu: &Pdu) -> Result<Vec<u8>, PduError> {
+    let mut out = Vec::with_capacity(256);
+    dicom_ul::pdu::write_pdu(&mut out, pdu)
+        .map_err(|_| PduError::Malformed("cannot encode PDU"))?;
+    Ok(out)
+}
+
+/// Encode a P-DATA-TF PDU carrying one complete command or data set fragment.
+pub fn encode_pdata(context_id: u8, is_command: bool, data: Vec<u8>) -> Result<Vec<u8>, PduError> {
+    encode(&Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: context_id,
+            value_type: if is_command {
+                PDataValueType::Command
+            } else {
+                PDataValueType::Data
+            },
+            is_last: true,
+            data,
+        }],
+    })
+}
+
+pub fn abort_pdu(reason: AbortRQServiceProviderReason) -> Pdu {
+    Pdu::AbortRQ {
+        source: AbortRQSource::ServiceProvider(reason),
+    }
+}
+
+pub fn reject_pdu(rj: AssociationRJ) -> Pdu {
+    Pdu::AssociationRJ(rj)
+}
+
+/// Best effort: send a PDU, ignoring errors (used on the way out).
+pub async fn send_quietly<W: AsyncWrite + Unpin>(stream: &mut W, pdu: &Pdu) {
+    if let Ok(bytes) = encode(pdu) {
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pdata(items: &[(u8, u8, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (pc, ctl, data) in items {
+            body.extend_from_slice(&((data.len() + 2) as u32).to_be_bytes());
+            body.push(*pc);
+            body.push(*ctl);
+            body.extend_from_slice(data);
+        }
+        body
+    }
+
+    #[test]
+    fn splits_pdvs() {
+        let body = pdata(&[(1, 0x03, b"cmd"), (3, 0x00, b"data!")]);
+        let items: Vec<_> = pdvs(&body).collect::<Result<_, _>>().unwrap();
+        assert_eq!(items.len(), 2);
+        assert!(items[0].is_command && items[0].is_last);
+        assert_eq!(items[0].data, b"cmd");
+        assert_eq!(items[1].context_id, 3);
+        assert!(!items[1].is_command && !items[1].is_last);
+        assert_eq!(items[1].data, b"data!");
+    }
+
+    #[test]
+    fn rejects_bad_pdv_lengths() {
+        let mut body = pdata(&[(1, 0, b"abc")]);
+        body[3] = 200; // claims more than present
+        assert!(pdvs(&body).any(|r| r.is_err()));
+        assert!(pdvs(&[0, 0, 0, 1, 1]).any(|r| r.is_err()));
+        assert!(pdvs(&[0, 0]).any(|r| r.is_err()));
+    }
+
+    #[tokio::test]
+    async fn refuses_oversized_pdu_without_allocating() {
+        let mut wire: &[u8] = &[0x04, 0, 0xFF, 0xFF, 0xFF, 0xF0, 1, 2, 3];
+        let mut reader = PduReader::default();
+        let err = reader.read(&mut wire, 1 << 20).await.err().unwrap();
+        assert!(matches!(err, PduError::TooLarge { .. }));
+        assert!(reader.buf.capacity() < 1024);
+    }
+
+    #[tokio::test]
+    async fn truncated_pdu_is_closed() {
+        let mut wire: &[u8] = &[0x04, 0, 0, 0, 0, 10, 1, 2];
+        let mut reader = PduReader::default();
+        let err = reader.read(&mut wire, 1 << 20).await.err().unwrap();
+        assert!(matches!(err, PduError::Closed));
+    }
+
+    #[tokio::test]
+    async fn reads_whole_pdu() {
+        let mut wire: &[u8] = &[0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0x07];
+        let mut reader = PduReader::default();
+        let pdu = reader.read(&mut wire, 100).await.unwrap();
+        assert_eq!(pdu.pdu_type, A_RELEASE_RQ);
+        assert_eq!(pdu.body(), &[0, 0, 0, 0]);
+    }
+}

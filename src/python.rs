@@ -1,0 +1,310 @@
+//! The thin binding layer: a `_Server` handle and a few catalog functions.
+//! No protocol logic lives here; every blocking call releases the GIL.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::config::ServerConfig;
+use crate::events::{ErrorInfo, Event, Events, FileStored, GroupedTags};
+use crate::server::{Server, StartError};
+
+/// Options as the facade passes them (already checked there).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct Options {
+    host: String,
+    port: u16,
+    ae_title: String,
+    max_pdu_length: u32,
+    strict: bool,
+    out_dir: PathBuf,
+    store_with_file_meta: bool,
+    abstract_syntax_mode: String,
+    abstract_syntaxes: Vec<String>,
+    transfer_syntax_mode: String,
+    transfer_syntaxes: Vec<String>,
+    max_associations: usize,
+    acse_timeout: Option<f64>,
+    dimse_timeout: Option<f64>,
+    idle_timeout: Option<f64>,
+    allowed_calling_ae_titles: Option<Vec<String>>,
+    require_called_ae_title: bool,
+    verbose: bool,
+}
+
+fn duration(name: &str, v: Option<f64>) -> PyResult<Option<Duration>> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(PyValueError::new_err(format!(
+            "{name} must be a positive number of seconds or None, not {s}"
+        ))),
+    }
+}
+
+impl Options {
+    fn into_config(self) -> PyResult<ServerConfig> {
+        let config = ServerConfig {
+            acse_timeout: duration("acse_timeout", self.acse_timeout)?,
+            dimse_timeout: duration("dimse_timeout", self.dimse_timeout)?,
+            idle_timeout: duration("idle_timeout", self.idle_timeout)?,
+            host: self.host,
+            port: self.port,
+            ae_title: self.ae_title,
+            max_pdu_length: self.max_pdu_length,
+            strict: self.strict,
+            out_dir: self.out_dir,
+            store_with_file_meta: self.store_with_file_meta,
+            abstract_syntax_mode: self.abstract_syntax_mode,
+            abstract_syntaxes: self.abstract_syntaxes,
+            transfer_syntax_mode: self.transfer_syntax_mode,
+            transfer_syntaxes: self.transfer_syntaxes,
+            max_associations: self.max_associations,
+            allowed_calling_ae_titles: self.allowed_calling_ae_titles,
+            require_called_ae_title: self.require_called_ae_title,
+            verbose: self.verbose,
+        };
+        config.validate().map_err(PyValueError::new_err)?;
+        Ok(config)
+    }
+}
+
+/// One receiver: owns its runtime, its event channel and its storage.
+#[pyclass(name = "_Server", module = "dicom_storescp._core")]
+struct PyServer {
+    config: ServerConfig,
+    server: Mutex<Option<Server>>,
+    events: Events,
+    rx: Mutex<Receiver<Event>>,
+}
+
+fn start_error(e: StartError) -> PyErr {
+    match e {
+        StartError::Config(m) => PyValueError::new_err(m),
+        StartError::Storage(m) => PyOSError::new_err(m),
+        StartError::Bind { .. } | StartError::Runtime(_) => PyOSError::new_err(e.to_string()),
+    }
+}
+
+fn lock_poisoned<T>(_: T) -> PyErr {
+    PyRuntimeError::new_err("internal lock poisoned")
+}
+
+#[pymethods]
+impl PyServer {
+    #[new]
+    fn new(options: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let config = options.extract::<Options>()?.into_config()?;
+        let (events, rx) = Events::channel(config.verbose);
+        Ok(PyServer {
+            config,
+            server: Mutex::new(None),
+            events,
+            rx: Mutex::new(rx),
+        })
+    }
+
+    /// Bind and start; returns the bound port.
+    fn start(&self, py: Python<'_>) -> PyResult<u16> {
+        let config = self.config.clone();
+        let events = self.events.clone();
+        let mut slot = self.server.lock().map_err(lock_poisoned)?;
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.local_addr().port());
+        }
+        let server = py
+            .detach(move || Server::start(config, events))
+            .map_err(start_error)?;
+        let port = server.local_addr().port();
+        *slot = Some(server);
+        Ok(port)
+    }
+
+    /// Graceful stop; blocks (without the GIL) until every association ended.
+    fn stop(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        let server = self.server.lock().map_err(lock_poisoned)?.take();
+        if let Some(mut server) = server {
+            let grace = Duration::from_secs_f64(grace.clamp(0.0, 3600.0));
+            py.detach(move || server.stop(grace));
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn port(&self) -> PyResult<Option<u16>> {
+        Ok(self
+            .server
+            .lock()
+            .map_err(lock_poisoned)?
+            .as_ref()
+            .map(|s| s.local_addr().port()))
+    }
+
+    /// Wait up to `timeout` seconds for the next event. Returns None on
+    /// timeout and `{"event": "Closed"}` once the server has stopped.
+    fn next_event(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<Py<PyAny>>> {
+        let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+        let received = py.detach(|| -> PyResult<Option<Event>> {
+            let rx = self.rx.lock().map_err(lock_poisoned)?;
+            match rx.recv_timeout(timeout) {
+                Ok(e) => Ok(Some(e)),
+                Err(RecvTimeoutError::Timeout) => Ok(None),
+                Err(RecvTimeoutError::Disconnected) => Ok(Some(Event::Closed)),
+            }
+        })?;
+        match received {
+            None => Ok(None),
+            Some(event) => Ok(Some(event_to_py(py, event)?.into_any().unbind())),
+        }
+    }
+}
+
+fn tags_to_py<'py>(py: Python<'py>, tags: GroupedTags) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    for (group, values) in tags {
+        if group.is_empty() {
+            for (k, v) in values {
+                out.set_item(k, v)?;
+            }
+        } else {
+            let d = PyDict::new(py);
+            for (k, v) in values {
+                d.set_item(k, v)?;
+            }
+            out.set_item(group, d)?;
+        }
+    }
+    Ok(out)
+}
+
+fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    match event {
+        Event::ServerStarted {
+            port,
+            ae_title,
+            host,
+        } => {
+            d.set_item("event", "OnServerStarted")?;
+            d.set_item("port", port)?;
+            d.set_item("ae_title", ae_title)?;
+            d.set_item("host", host)?;
+        }
+        Event::FileStored(f) => {
+            let FileStored {
+                file,
+                sop_instance_uid,
+                sop_class_uid,
+                transfer_syntax_uid,
+                study_instance_uid,
+                series_instance_uid,
+                calling_ae_title,
+                peer,
+                size,
+                tags,
+            } = *f;
+            d.set_item("event", "OnFileStored")?;
+            d.set_item("file", file)?;
+            d.set_item("sop_instance_uid", sop_instance_uid)?;
+            d.set_item("sop_class_uid", sop_class_uid)?;
+            d.set_item("transfer_syntax_uid", transfer_syntax_uid)?;
+            d.set_item("study_instance_uid", study_instance_uid)?;
+            d.set_item("series_instance_uid", series_instance_uid)?;
+            d.set_item("tags", tags_to_py(py, tags)?)?;
+            d.set_item("calling_ae_title", calling_ae_title)?;
+            d.set_item("peer", peer)?;
+            d.set_item("size", size)?;
+        }
+        Event::Error(e) => {
+            let ErrorInfo {
+                message,
+                sop_instance_uid,
+                calling_ae_title,
+                peer,
+                status,
+            } = *e;
+            d.set_item("event", "OnError")?;
+            d.set_item("message", message)?;
+            d.set_item("sop_instance_uid", sop_instance_uid)?;
+            d.set_item("calling_ae_title", calling_ae_title)?;
+            d.set_item("peer", peer)?;
+            d.set_item("status", status)?;
+        }
+        Event::Log { level, message } => {
+            d.set_item("event", "_Log")?;
+            d.set_item("level", level as i32)?;
+            d.set_item("message", message)?;
+        }
+        Event::Closed => {
+            d.set_item("event", "Closed")?;
+        }
+    }
+    Ok(d)
+}
+
+/// UIDs of every Storage SOP class of the standard.
+#[pyfunction]
+fn storage_sop_class_uids() -> Vec<&'static str> {
+    let mut v: Vec<_> = crate::negotiation::storage_sop_classes()
+        .iter()
+        .copied()
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// UIDs of every transfer syntax the receiver can store.
+#[pyfunction]
+fn storable_transfer_syntax_uids() -> Vec<String> {
+    let mut v: Vec<_> = crate::negotiation::storable_transfer_syntaxes()
+        .into_iter()
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The UID of a standard SOP class or transfer syntax keyword, if any.
+#[pyfunction]
+fn uid_for_keyword(keyword: &str) -> Option<&'static str> {
+    let tables = crate::uid_tables::SOP_CLASSES.iter();
+    tables
+        .chain(crate::uid_tables::TRANSFER_SYNTAXES)
+        .find(|e| e.keyword == keyword)
+        .map(|e| e.uid)
+}
+
+/// The keyword of a standard SOP class or transfer syntax UID, if any.
+#[pyfunction]
+fn keyword_for_uid(uid: &str) -> Option<&'static str> {
+    let tables = crate::uid_tables::SOP_CLASSES.iter();
+    tables
+        .chain(crate::uid_tables::TRANSFER_SYNTAXES)
+        .find(|e| e.uid == uid)
+        .map(|e| e.keyword)
+}
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add(
+        "IMPLEMENTATION_CLASS_UID",
+        crate::negotiation::IMPLEMENTATION_CLASS_UID,
+    )?;
+    m.add(
+        "IMPLEMENTATION_VERSION_NAME",
+        crate::negotiation::IMPLEMENTATION_VERSION_NAME,
+    )?;
+    m.add_class::<PyServer>()?;
+    m.add_function(wrap_pyfunction!(storage_sop_class_uids, m)?)?;
+    m.add_function(wrap_pyfunction!(storable_transfer_syntax_uids, m)?)?;
+    m.add_function(wrap_pyfunction!(uid_for_keyword, m)?)?;
+    m.add_function(wrap_pyfunction!(keyword_for_uid, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The listener: its own tokio runtime per server, the accept loop, the
+//! association limit, and graceful shutdown.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::association::{self, ServerContext};
+use crate::config::ServerConfig;
+use crate::events::{Event, Events, Level};
+use crate::header::IDENTIFYING_TAGS;
+use crate::storage::fs::FilesystemStorage;
+use crate::storage::Storage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Storage(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A running server.
+pub struct Server {
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: watch::Sender<bool>,
+    accept_task: Option<tokio::task::JoinHandle<()>>,
+    local_addr: SocketAddr,
+    events: Events,
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, StartError> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| StartError::Bind {
+            addr: format!("{host}:{port}"),
+            source: e,
+        })?
+        .next()
+        .ok_or_else(|| StartError::Config(format!("host {host:?} does not resolve")))
+}
+
+impl Server {
+    /// Bind and start serving; returns once the port is bound.
+    pub fn start(config: ServerConfig, events: Events) -> Result<Server, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let policy = config.policy().map_err(StartError::Config)?;
+        let storage: Arc<dyn Storage> = Arc::new(
+            FilesystemStorage::new(&config.out_dir)
+                .map_err(|e| StartError::Storage(e.to_string()))?,
+        );
+        let addr = resolve(&config.host, config.port)?;
+        let std_listener = std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind {
+            addr: addr.to_string(),
+            source: e,
+        })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(StartError::Runtime)?;
+        let local_addr = std_listener.local_addr().map_err(StartError::Runtime)?;
+
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("dicom-storescp")
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
+        let listener = {
+            let _guard = runtime.enter();
+            TcpListener::from_std(std_listener).map_err(StartError::Runtime)?
+        };
+
+        let ctx = Arc::new(ServerContext {
+            policy,
+            storage,
+            events: events.clone(),
+            wanted_tags: Arc::new(IDENTIFYING_TAGS.to_vec()),
+            config: config.clone(),
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let accept_task = runtime.spawn(accept_loop(listener, ctx, shutdown_rx));
+
+        events.emit(Event::ServerStarted {
+            port: local_addr.port(),
+            ae_title: config.ae_title.clone(),
+            host: config.host.clone(),
+        });
+        events.log(Level::Info, || {
+            format!("listening on {local_addr} as {:?}", config.ae_title)
+        });
+        Ok(Server {
+            runtime: Some(runtime),
+            shutdown: shutdown_tx,
+            accept_task: Some(accept_task),
+            local_addr,
+            events,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stop accepting, let objects in flight finish (up to `grace`), then
+    /// close every association and the runtime. Blocks.
+    pub fn stop(&mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        if let (Some(rt), Some(task)) = (self.runtime.as_ref(), self.accept_task.take()) {
+            rt.block_on(async move {
+                let _ = tokio::time::timeout(grace + Duration::from_secs(1), task).await;
+            });
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        self.events
+            .log(Level::Info, || "server stopped".to_string());
+        self.events.emit(Event::Closed);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.runtime.is_some() {
+            self.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ServerContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            r = listener.accept() => r,
+        };
+        // reap finished tasks so the set does not grow
+        while tasks.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                ctx.events
+                    .log(Level::Warning, || format!("accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if active.load(Ordering::Acquire) >= ctx.config.max_associations {
+            tasks.spawn(association::reject_busy(stream, ctx.clone(), peer));
+            continue;
+        }
+        active.fetch_add(1, Ordering::AcqRel);
+        let guard = ActiveGuard(active.clone());
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let _guard = guard;
+            association::serve(stream, peer, ctx, shutdown).await;
+        });
+    }
+    drop(listener);
+    // Associations see the shutdown flag: idle ones abort now, busy ones
+    // after the object in flight.
+    while tasks.join_next().await.is_some() {}
+}
+
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,191 @@
+//! Storage backends behind one trait.
+//!
+//! Objects are spooled while they arrive (in memory while small, then in a
+//! temporary file) and handed to a backend as a whole once complete. A backend
+//! makes the object visible atomically at its final location, or fails and
+//! leaves nothing behind.
+
+pub mod fs;
+
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+impl StorageError {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        StorageError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Where an object goes: validated UIDs only (see [`is_valid_uid`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKey {
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub sop_instance_uid: String,
+}
+
+impl ObjectKey {
+    /// `{study}/{series}/{sop}.dcm`
+    pub fn relative_path(&self) -> String {
+        format!(
+            "{}/{}/{}.dcm",
+            self.study_instance_uid, self.series_instance_uid, self.sop_instance_uid
+        )
+    }
+}
+
+/// A UID that may name a path component: digits and dots, 1 to 64
+/// characters, no empty component.
+pub fn is_valid_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && uid.split('.').all(|part| !part.is_empty())
+}
+
+/// A temporary file that is removed unless it was handed on.
+#[derive(Debug)]
+pub struct SpoolFile {
+    path: Option<PathBuf>,
+    pub file: File,
+    pub len: u64,
+}
+
+static SPOOL_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl SpoolFile {
+    /// Create a new, uniquely named spool file in `dir` (blocking).
+    pub fn create(dir: &Path) -> io::Result<SpoolFile> {
+        loop {
+            let n = SPOOL_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let path = dir.join(format!("{}-{n}-{nanos:08x}.part", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    return Ok(SpoolFile {
+                        path: Some(path),
+                        file,
+                        len: 0,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Give up ownership of the path: the caller has moved the file.
+    pub fn disarm(&mut self) -> Option<PathBuf> {
+        self.path.take()
+    }
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A complete object as received: file meta prefix (if any) and data set.
+#[derive(Debug)]
+pub enum Spooled {
+    Memory(Vec<u8>),
+    File(SpoolFile),
+}
+
+impl Spooled {
+    pub fn len(&self) -> u64 {
+        match self {
+            Spooled::Memory(v) => v.len() as u64,
+            Spooled::File(f) => f.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The location of a stored object, as reported in events.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub location: String,
+    pub size: u64,
+}
+
+/// A place where complete objects are stored.
+pub trait Storage: Send + Sync + 'static {
+    /// Directory for spool files of objects still arriving.
+    fn spool_dir(&self) -> &Path;
+
+    /// Store a complete object under `key`, atomically: on success it is at
+    /// its final location in full, on failure nothing of it is.
+    fn commit(
+        &self,
+        object: Spooled,
+        key: ObjectKey,
+    ) -> BoxFuture<'_, Result<Stored, StorageError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_validation() {
+        assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.2"));
+        assert!(is_valid_uid("0"));
+        for bad in [
+            "", "..", "1..2", ".1", "1.", "1/2", "1.2\0", "a.b", "../etc", "1 2",
+        ] {
+            assert!(!is_valid_uid(bad), "{bad:?}");
+        }
+        assert!(!is_valid_uid(&"1".repeat(65)));
+        assert!(is_valid_uid(&"1".repeat(64)));
+    }
+
+    #[test]
+    fn spool_file_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = SpoolFile::create(dir.path()).unwrap();
+        let path = spool.path().unwrap().to_path_buf();
+        assert!(path.exists());
+        drop(spool);
+        assert!(!path.exists());
+    }
+}
