@@ -15,7 +15,7 @@ use crate::storage::{is_valid_uid, ObjectKey, SpoolFile, Spooled, Storage, Store
 
 /// Bytes gathered in memory before they are written out in one go. Objects
 /// smaller than this never touch a spool file.
-pub const SPILL_THRESHOLD: usize = 256 * 1024;
+pub const SPILL_THRESHOLD: usize = 1024 * 1024;
 
 type WriteResult = (Option<SpoolFile>, Vec<u8>, io::Result<()>);
 

@@ -308,7 +308,11 @@ class StoreScp:
         self._core.stop(timeout)
         dispatcher = self._dispatcher
         if dispatcher is not None and dispatcher is not threading.current_thread():
-            dispatcher.join()
+            # The core always ends its stream with "Closed"; the bound only
+            # guards against a listener that never returns.
+            dispatcher.join(timeout + 30.0)
+            if dispatcher.is_alive():
+                logger.warning("a listener is still running; stop() returns without it")
         self._running.clear()
 
     def listen(self) -> None:
