@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::ServerConfig;
 use crate::dimse::{self, status, Command};
-use crate::events::{ErrorInfo, Event, Events, FileStored, Level};
+use crate::events::{ErrorInfo, Event, Events, FileStored, Level, Rejected};
 use crate::negotiation::{
     AcceptedContext, NegotiationPolicy, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
     VERIFICATION,
@@ -33,6 +33,37 @@ pub struct ServerContext {
     pub storage: Arc<dyn Storage>,
     pub events: Events,
     pub wanted_tags: Arc<Vec<Tag>>,
+    /// Associations refused so far (for log lines; stats come later).
+    pub rejected: std::sync::atomic::AtomicU64,
+}
+
+impl ServerContext {
+    /// Report a refused association: a log line with the running count, and
+    /// an `OnAssociationRejected` event.
+    fn rejected(&self, rejected: Rejected) {
+        let n = self
+            .rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.events.log(Level::Warning, || {
+            format!(
+                "association from {:?} at {} rejected ({}): {} [{n} rejected so far]",
+                rejected.calling_ae_title.as_deref().unwrap_or("?"),
+                rejected.peer,
+                rejected.result,
+                rejected.reason
+            )
+        });
+        self.events
+            .emit(Event::AssociationRejected(Box::new(rejected)));
+    }
+}
+
+fn result_name(result: &AssociationRJResult) -> &'static str {
+    match result {
+        AssociationRJResult::Permanent => "permanent",
+        AssociationRJResult::Transient => "transient",
+    }
 }
 
 type Io = BufReader<TcpStream>;
@@ -97,24 +128,34 @@ pub async fn reject_busy(stream: TcpStream, ctx: Arc<ServerContext>, peer: Socke
         reader.read(&mut io, pdu::MAX_ASSOCIATE_PDU),
     )
     .await;
+    let mut rejected = Rejected {
+        peer: peer_string(&peer),
+        reason: format!(
+            "local limit of {} associations exceeded",
+            ctx.config.max_associations
+        ),
+        ..Rejected::default()
+    };
     if let Some(Ok(raw)) = first {
         if raw.pdu_type == pdu::A_ASSOCIATE_RQ {
+            if let Ok(Some(Pdu::AssociationRQ(rq))) =
+                dicom_ul::pdu::read_pdu(raw.bytes, pdu::MAX_ASSOCIATE_PDU, false)
+            {
+                rejected.calling_ae_title = Some(rq.calling_ae_title.trim().to_string());
+                rejected.called_ae_title = Some(rq.called_ae_title.trim().to_string());
+            }
             let rj = AssociationRJ {
                 result: AssociationRJResult::Transient,
                 source: AssociationRJSource::ServiceProviderPresentation(
                     AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
                 ),
             };
+            rejected.result = result_name(&rj.result);
             pdu::send_quietly(io.get_mut(), &pdu::reject_pdu(rj)).await;
+            ctx.rejected(rejected);
         }
     }
     let _ = io.get_mut().shutdown().await;
-    ctx.events.log(Level::Warning, || {
-        format!(
-            "association from {peer} rejected: local limit of {} associations exceeded",
-            ctx.config.max_associations
-        )
-    });
 }
 
 /// Serve one association to its end.
@@ -196,11 +237,12 @@ pub async fn serve(
     let negotiated = match ctx.policy.negotiate(&rq) {
         Ok(n) => n,
         Err(rejection) => {
-            events.log(Level::Warning, || {
-                format!(
-                    "association from {:?} at {peer} rejected: {}",
-                    rq.calling_ae_title, rejection.reason
-                )
+            ctx.rejected(Rejected {
+                peer: peer_string(&peer),
+                calling_ae_title: Some(rq.calling_ae_title.trim().to_string()),
+                called_ae_title: Some(rq.called_ae_title.trim().to_string()),
+                reason: rejection.reason,
+                result: result_name(&rejection.rj.result),
             });
             pdu::send_quietly(io.get_mut(), &pdu::reject_pdu(rejection.rj)).await;
             let _ = io.get_mut().shutdown().await;
@@ -223,6 +265,12 @@ pub async fn serve(
             negotiated.contexts.len()
         )
     });
+
+    for (id, abstract_syntax, why) in &negotiated.refused {
+        events.log(Level::Info, || {
+            format!("{peer}: presentation context {id} ({abstract_syntax}) refused: {why}")
+        });
+    }
 
     let mut session = Session {
         ctx: ctx.clone(),

@@ -40,6 +40,17 @@ pub struct ErrorInfo {
     pub status: Option<u16>,
 }
 
+/// An association refused at negotiation (or over the association limit).
+#[derive(Debug, Clone, Default)]
+pub struct Rejected {
+    pub peer: String,
+    pub calling_ae_title: Option<String>,
+    pub called_ae_title: Option<String>,
+    pub reason: String,
+    /// "permanent" or "transient"
+    pub result: &'static str,
+}
+
 #[derive(Debug, Clone)]
 pub enum Event {
     ServerStarted {
@@ -48,6 +59,7 @@ pub enum Event {
         host: String,
     },
     FileStored(Box<FileStored>),
+    AssociationRejected(Box<Rejected>),
     Error(Box<ErrorInfo>),
     Log {
         level: Level,

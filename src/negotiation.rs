@@ -90,6 +90,8 @@ pub struct AcceptedContext {
 pub struct Negotiated {
     pub ac: AssociationAC,
     pub contexts: Vec<AcceptedContext>,
+    /// Refused contexts: id, abstract syntax, why.
+    pub refused: Vec<(u8, String, &'static str)>,
     pub calling_ae_title: String,
     pub called_ae_title: String,
     /// Largest PDU the requestor accepts from us (0 = unlimited).
@@ -191,6 +193,7 @@ impl NegotiationPolicy {
 
         let mut results = Vec::with_capacity(rq.presentation_contexts.len());
         let mut contexts = Vec::new();
+        let mut refused = Vec::new();
         for pc in &rq.presentation_contexts {
             let abstract_syntax = trim_uid(&pc.abstract_syntax).to_string();
             let (reason, ts) = if !self.accepts_abstract_syntax(&abstract_syntax) {
@@ -207,6 +210,19 @@ impl NegotiationPolicy {
                     ),
                 }
             };
+            match reason {
+                PresentationContextResultReason::AbstractSyntaxNotSupported => refused.push((
+                    pc.id,
+                    abstract_syntax.clone(),
+                    "abstract syntax not supported",
+                )),
+                PresentationContextResultReason::TransferSyntaxesNotSupported => refused.push((
+                    pc.id,
+                    abstract_syntax.clone(),
+                    "transfer syntaxes not supported",
+                )),
+                _ => {}
+            }
             if let Some(ts) = &ts {
                 contexts.push(AcceptedContext {
                     id: pc.id,
@@ -252,6 +268,7 @@ impl NegotiationPolicy {
         Ok(Negotiated {
             ac,
             contexts,
+            refused,
             calling_ae_title: calling,
             called_ae_title: called,
             peer_max_pdu_length,

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::config::ServerConfig;
-use crate::events::{ErrorInfo, Event, Events, FileStored, GroupedTags};
+use crate::events::{ErrorInfo, Event, Events, FileStored, GroupedTags, Rejected};
 use crate::server::{Server, StartError};
 
 /// Options as the facade passes them (already checked there).
@@ -236,6 +236,21 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyDict>> {
             d.set_item("peer", peer)?;
             d.set_item("status", status)?;
         }
+        Event::AssociationRejected(r) => {
+            let Rejected {
+                peer,
+                calling_ae_title,
+                called_ae_title,
+                reason,
+                result,
+            } = *r;
+            d.set_item("event", "OnAssociationRejected")?;
+            d.set_item("peer", peer)?;
+            d.set_item("calling_ae_title", calling_ae_title)?;
+            d.set_item("called_ae_title", called_ae_title)?;
+            d.set_item("reason", reason)?;
+            d.set_item("result", result)?;
+        }
         Event::Log { level, message } => {
             d.set_item("event", "_Log")?;
             d.set_item("level", level as i32)?;
@@ -269,14 +284,27 @@ fn storable_transfer_syntax_uids() -> Vec<String> {
     v
 }
 
-/// The UID of a standard SOP class or transfer syntax keyword, if any.
+/// The UID of a standard SOP class (`kind="sop_class"`) or transfer syntax
+/// (`kind="transfer_syntax"`) keyword, if any; `kind="any"` searches both.
 #[pyfunction]
-fn uid_for_keyword(keyword: &str) -> Option<&'static str> {
-    let tables = crate::uid_tables::SOP_CLASSES.iter();
-    tables
-        .chain(crate::uid_tables::TRANSFER_SYNTAXES)
+#[pyo3(signature = (keyword, kind = "any"))]
+fn uid_for_keyword(keyword: &str, kind: &str) -> PyResult<Option<&'static str>> {
+    use crate::uid_tables::{SOP_CLASSES, TRANSFER_SYNTAXES};
+    let tables: Vec<&[crate::uid_tables::UidEntry]> = match kind {
+        "any" => vec![SOP_CLASSES, TRANSFER_SYNTAXES],
+        "sop_class" => vec![SOP_CLASSES],
+        "transfer_syntax" => vec![TRANSFER_SYNTAXES],
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "kind must be \"any\", \"sop_class\" or \"transfer_syntax\", not {other:?}"
+            )))
+        }
+    };
+    Ok(tables
+        .into_iter()
+        .flatten()
         .find(|e| e.keyword == keyword)
-        .map(|e| e.uid)
+        .map(|e| e.uid))
 }
 
 /// The keyword of a standard SOP class or transfer syntax UID, if any.

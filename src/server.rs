@@ -92,6 +92,7 @@ impl Server {
             storage,
             events: events.clone(),
             wanted_tags: Arc::new(IDENTIFYING_TAGS.to_vec()),
+            rejected: Default::default(),
             config: config.clone(),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -351,7 +351,7 @@ class RunningScp:
             self.scp.stop()
 
 
-EVENT_NAMES = ("OnServerStarted", "OnFileStored", "OnError")
+EVENT_NAMES = ("OnServerStarted", "OnFileStored", "OnError", "OnAssociationRejected")
 
 
 @pytest.fixture

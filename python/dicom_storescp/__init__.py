@@ -6,10 +6,19 @@
 >>> scp.listen()  # doctest: +SKIP
 """
 
+from ._catalog import (
+    COMMON_SOP_CLASSES,
+    COMMON_TRANSFER_SYNTAXES,
+    CommonSopClasses,
+    CommonTransferSyntaxes,
+    get_common_sop_classes,
+    get_common_transfer_syntaxes,
+)
 from ._core import __version__
 from ._scp import EVENT_NAMES, StoreScp
 from ._types import (
     AbstractSyntaxMode,
+    AssociationRejectedEvent,
     CustomTag,
     ErrorEvent,
     Event,
@@ -24,8 +33,13 @@ from ._types import (
 )
 
 __all__ = [
+    "COMMON_SOP_CLASSES",
+    "COMMON_TRANSFER_SYNTAXES",
     "EVENT_NAMES",
     "AbstractSyntaxMode",
+    "AssociationRejectedEvent",
+    "CommonSopClasses",
+    "CommonTransferSyntaxes",
     "CustomTag",
     "ErrorEvent",
     "Event",
@@ -39,4 +53,6 @@ __all__ = [
     "Tags",
     "TransferSyntaxMode",
     "__version__",
+    "get_common_sop_classes",
+    "get_common_transfer_syntaxes",
 ]

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, NoReturn, Optional, TypeVar, Union, cast
 
 from . import _core
+from ._catalog import TRANSFER_SYNTAX_ALIASES
 from ._types import (
     AbstractSyntaxMode,
     CustomTag,
@@ -21,7 +22,12 @@ from ._types import (
 
 logger = logging.getLogger("dicom_storescp")
 
-EVENT_NAMES: tuple[EventName, ...] = ("OnServerStarted", "OnFileStored", "OnError")
+EVENT_NAMES: tuple[EventName, ...] = (
+    "OnServerStarted",
+    "OnFileStored",
+    "OnError",
+    "OnAssociationRejected",
+)
 
 Listener = Callable[[Any], object]
 L = TypeVar("L", bound=Listener)
@@ -80,16 +86,24 @@ def _str_list(name: str, value: object) -> list[str]:
     return items
 
 
-def _resolve_uids(name: str, values: list[str], known: Optional[set[str]] = None) -> list[str]:
+def _resolve_uids(
+    name: str, values: list[str], kind: str, known: Optional[set[str]] = None
+) -> list[str]:
     """Turn standard keywords (``"CTImageStorage"``) or UIDs into UIDs."""
     out = []
     for v in values:
         v = v.strip()
-        uid = v if _is_uid(v) else _core.uid_for_keyword(v)
+        if _is_uid(v):
+            uid: Optional[str] = v
+        elif kind == "transfer_syntax" and v in TRANSFER_SYNTAX_ALIASES:
+            uid = TRANSFER_SYNTAX_ALIASES[v]
+        else:
+            uid = _core.uid_for_keyword(v, kind)
         if uid is None:
-            raise ValueError(f"{name}: {v!r} is neither a UID nor a known DICOM keyword")
+            what = "SOP class" if kind == "sop_class" else "transfer syntax"
+            raise ValueError(f"{name}: {v!r} is neither a UID nor a known {what} keyword")
         if known is not None and uid not in known:
-            raise ValueError(f"{name}: {v!r} is not supported by this receiver")
+            raise ValueError(f"{name}: {v!r} is not a transfer syntax this receiver can store")
         out.append(uid)
     return out
 
@@ -182,7 +196,7 @@ class StoreScp:
             "abstract_syntax_mode", abstract_syntax_mode, ("AllStorage", "All", "Custom")
         )
         as_uids = _resolve_uids(
-            "abstract_syntaxes", _str_list("abstract_syntaxes", abstract_syntaxes)
+            "abstract_syntaxes", _str_list("abstract_syntaxes", abstract_syntaxes), "sop_class"
         )
         if as_mode == "Custom" and not as_uids:
             raise ValueError(
@@ -194,6 +208,7 @@ class StoreScp:
         ts_uids = _resolve_uids(
             "transfer_syntaxes",
             _str_list("transfer_syntaxes", transfer_syntaxes),
+            "transfer_syntax",
             set(_core.storable_transfer_syntax_uids()),
         )
         if ts_mode == "Custom" and not ts_uids:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, TypedDict, Union
 
-EventName = Literal["OnServerStarted", "OnFileStored", "OnError"]
+EventName = Literal["OnServerStarted", "OnFileStored", "OnError", "OnAssociationRejected"]
 StorageBackend = Literal["Filesystem", "S3"]
 GroupingStrategy = Literal["ByScope", "Flat", "StudyLevel", "Custom"]
 AbstractSyntaxMode = Literal["AllStorage", "All", "Custom"]
@@ -56,10 +56,19 @@ class ErrorEvent(TypedDict):
     status: Optional[int]
 
 
-Event = Union[ServerStartedEvent, FileStoredEvent, ErrorEvent]
+class AssociationRejectedEvent(TypedDict):
+    peer: str
+    calling_ae_title: Optional[str]
+    called_ae_title: Optional[str]
+    reason: str
+    result: Literal["permanent", "transient"]
+
+
+Event = Union[ServerStartedEvent, FileStoredEvent, ErrorEvent, AssociationRejectedEvent]
 
 __all__ = [
     "AbstractSyntaxMode",
+    "AssociationRejectedEvent",
     "CustomTag",
     "ErrorEvent",
     "Event",

@@ -84,6 +84,13 @@ def _emit(args: argparse.Namespace, name: str, event: Any) -> None:
         )
     elif name == "OnError":
         print(f"error: {event['message']}", file=sys.stderr, flush=True)
+    elif name == "OnAssociationRejected":
+        print(
+            f"rejected association from {event['calling_ae_title']} at {event['peer']}: "
+            f"{event['reason']}",
+            file=sys.stderr,
+            flush=True,
+        )
     elif name == "OnServerStarted":
         print(
             f"listening on {event['host']}:{event['port']} as {event['ae_title']}",
