@@ -23,7 +23,7 @@ use crate::negotiation::{
     VERIFICATION,
 };
 use crate::pdu::{self, PduError, PduReader};
-use crate::receive::{self, Incoming, StoreFailure};
+use crate::receive::{self, Incoming, SpoolPlace, StoreFailure};
 use crate::storage::{is_valid_uid, Storage};
 
 /// Everything an association needs from its server.
@@ -601,7 +601,11 @@ impl Session {
         } else {
             Vec::new()
         };
-        let incoming = Incoming::new(self.ctx.storage.spool_dir().to_path_buf(), prefix);
+        let place = SpoolPlace {
+            dir: self.ctx.storage.spool_dir().to_path_buf(),
+            anonymous: self.ctx.storage.anonymous_spool(),
+        };
+        let incoming = Incoming::new(place, prefix);
         self.receiving = Some(Receiving {
             cmd,
             sop_class_uid,

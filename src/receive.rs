@@ -21,7 +21,7 @@ type WriteResult = (Option<SpoolFile>, Vec<u8>, io::Result<()>);
 
 /// An object being received.
 pub struct Incoming {
-    spool_dir: PathBuf,
+    place: SpoolPlace,
     buf: Vec<u8>,
     spare: Vec<u8>,
     file: Option<SpoolFile>,
@@ -32,10 +32,27 @@ pub struct Incoming {
     error: Option<io::Error>,
 }
 
-fn write_chunk(dir: PathBuf, file: Option<SpoolFile>, buf: Vec<u8>) -> WriteResult {
+/// Where and how spool files are created.
+#[derive(Debug, Clone)]
+pub struct SpoolPlace {
+    pub dir: PathBuf,
+    pub anonymous: bool,
+}
+
+impl SpoolPlace {
+    fn create(&self) -> io::Result<SpoolFile> {
+        if self.anonymous {
+            SpoolFile::create_anonymous(&self.dir)
+        } else {
+            SpoolFile::create(&self.dir)
+        }
+    }
+}
+
+fn write_chunk(place: SpoolPlace, file: Option<SpoolFile>, buf: Vec<u8>) -> WriteResult {
     let mut file = match file {
         Some(f) => f,
-        None => match SpoolFile::create(&dir) {
+        None => match place.create() {
             Ok(f) => f,
             Err(e) => return (None, buf, Err(e)),
         },
@@ -50,12 +67,12 @@ fn write_chunk(dir: PathBuf, file: Option<SpoolFile>, buf: Vec<u8>) -> WriteResu
 impl Incoming {
     /// Start an object; `prefix` (the Part-10 preamble and meta group when
     /// storing with file meta) is written before the data set.
-    pub fn new(spool_dir: PathBuf, prefix: Vec<u8>) -> Self {
+    pub fn new(place: SpoolPlace, prefix: Vec<u8>) -> Self {
         let dataset_offset = prefix.len();
         let mut buf = prefix;
         buf.reserve(16 * 1024);
         Incoming {
-            spool_dir,
+            place,
             buf,
             spare: Vec::new(),
             file: None,
@@ -115,9 +132,9 @@ impl Incoming {
         }
         let buf = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
         let file = self.file.take();
-        let dir = self.spool_dir.clone();
+        let place = self.place.clone();
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            write_chunk(dir, file, buf)
+            write_chunk(place, file, buf)
         }));
     }
 
@@ -132,9 +149,9 @@ impl Incoming {
             None => Ok((Spooled::Memory(std::mem::take(&mut self.buf)), offset)),
             Some(file) => {
                 let buf = std::mem::take(&mut self.buf);
-                let dir = self.spool_dir.clone();
+                let place = self.place.clone();
                 let (file, _, result) =
-                    tokio::task::spawn_blocking(move || write_chunk(dir, Some(file), buf))
+                    tokio::task::spawn_blocking(move || write_chunk(place, Some(file), buf))
                         .await
                         .map_err(|e| io::Error::other(e.to_string()))?;
                 result?;
@@ -281,13 +298,17 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn small_objects_stay_in_memory_large_ones_spill() {
         let dir = tempfile::tempdir().unwrap();
-        let mut small = Incoming::new(dir.path().to_path_buf(), b"PRE".to_vec());
+        let place = |anonymous| SpoolPlace {
+            dir: dir.path().to_path_buf(),
+            anonymous,
+        };
+        let mut small = Incoming::new(place(false), b"PRE".to_vec());
         small.push(b"abc").await;
         let (spooled, off) = small.finish().await.unwrap();
         assert_eq!(off, 3);
         assert!(matches!(spooled, Spooled::Memory(ref b) if b == b"PREabc"));
 
-        let mut big = Incoming::new(dir.path().to_path_buf(), Vec::new());
+        let mut big = Incoming::new(place(false), Vec::new());
         let chunk = vec![7u8; 16 * 1024];
         for _ in 0..100 {
             big.push(&chunk).await;
@@ -309,7 +330,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn abandoned_object_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut big = Incoming::new(dir.path().to_path_buf(), Vec::new());
+        let mut big = Incoming::new(
+            SpoolPlace {
+                dir: dir.path().to_path_buf(),
+                anonymous: false,
+            },
+            Vec::new(),
+        );
         let chunk = vec![1u8; 64 * 1024];
         for _ in 0..20 {
             big.push(&chunk).await;

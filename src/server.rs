@@ -75,7 +75,11 @@ impl Server {
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
-            .clamp(2, 8);
+            .clamp(1, 8);
+        let workers = std::env::var("DICOM_STORESCP_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(workers);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("dicom-storescp")

@@ -452,10 +452,22 @@ def wait_until(
 
 
 def incoming_files(out_dir: Path) -> list[Path]:
+    """Spool files of objects in flight: the named ones under .incoming, and
+    the anonymous (O_TMPFILE) ones the receiver holds open, which have no name
+    and show up only as this process's descriptors (the SCP runs in-process)."""
     incoming = out_dir / ".incoming"
     if not incoming.exists():
         return []
-    return [p for p in incoming.rglob("*") if not p.is_dir()]
+    found = [p for p in incoming.rglob("*") if not p.is_dir()]
+    prefix = f"{incoming.resolve()}/"
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(prefix) and target.endswith("(deleted)"):
+            found.append(Path(f"/proc/self/fd/{fd}"))
+    return found
 
 
 def assert_incoming_empty(out_dir: Path, timeout: float = 5.0) -> None:

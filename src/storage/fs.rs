@@ -1,18 +1,108 @@
 //! Filesystem backend: `{out_dir}/{study}/{series}/{sop}.dcm`, published by
 //! renaming a fully written spool file from `{out_dir}/.incoming/`.
 
-use std::io::Write;
+use std::collections::HashSet;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::{BoxFuture, ObjectKey, SpoolFile, Spooled, Storage, StorageError, Stored};
 
 /// Name of the spool directory inside `out_dir`.
 pub const SPOOL_DIR_NAME: &str = ".incoming";
 
+/// Series directories known to exist, so most objects need no mkdir. A
+/// directory removed behind our back is recreated on the failed link.
+#[derive(Debug, Default)]
+struct DirCache(Mutex<HashSet<PathBuf>>);
+
+const DIR_CACHE_LIMIT: usize = 4096;
+
+impl DirCache {
+    fn ensure(&self, dir: &Path) -> io::Result<()> {
+        if let Ok(known) = self.0.lock() {
+            if known.contains(dir) {
+                return Ok(());
+            }
+        }
+        std::fs::create_dir_all(dir)?;
+        if let Ok(mut known) = self.0.lock() {
+            if known.len() >= DIR_CACHE_LIMIT {
+                known.clear();
+            }
+            known.insert(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn forget(&self, dir: &Path) {
+        if let Ok(mut known) = self.0.lock() {
+            known.remove(dir);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FilesystemStorage {
     root: PathBuf,
     spool: PathBuf,
+    anonymous: bool,
+    dirs: Arc<DirCache>,
+}
+
+static LINK_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Give an anonymous (`O_TMPFILE`) file the name `target`, replacing any
+/// existing file atomically.
+#[cfg(target_os = "linux")]
+fn link_anonymous(file: &std::fs::File, target: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+
+    let link = |to: &Path| -> io::Result<()> {
+        let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|_| io::Error::other("bad fd path"))?;
+        let to = CString::new(to.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: both arguments are valid NUL-terminated C strings that live
+        // across the call; linkat does not retain them.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    match link(target) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Re-sent object: link under a unique name beside it, then
+            // rename over the old one (atomic replace).
+            let n = LINK_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let mut tmp = target.as_os_str().to_owned();
+            tmp.push(format!(".{}-{n}.part", std::process::id()));
+            let tmp = PathBuf::from(tmp);
+            link(&tmp)?;
+            std::fs::rename(&tmp, target).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        }
+        other => other,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_anonymous(_file: &std::fs::File, _target: &Path) -> io::Result<()> {
+    Err(io::Error::other("anonymous spool files need Linux"))
 }
 
 impl FilesystemStorage {
@@ -29,11 +119,32 @@ impl FilesystemStorage {
         std::fs::create_dir_all(&spool).map_err(|e| {
             StorageError::io(format!("out_dir {} cannot be created", spool.display()), e)
         })?;
-        Ok(FilesystemStorage { root, spool })
+        // Anonymous spool files need O_TMPFILE support and /proc to link them.
+        let anonymous = cfg!(target_os = "linux")
+            && Path::new("/proc/self/fd").is_dir()
+            && SpoolFile::create_anonymous(&spool)
+                .map(|f| !f.is_named())
+                .unwrap_or(false);
+        Ok(FilesystemStorage {
+            root,
+            spool,
+            anonymous,
+            dirs: Arc::new(DirCache::default()),
+        })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Put the spooled object at `target` (its directory exists).
+    fn place(&self, spool: &mut SpoolFile, target: &Path) -> io::Result<()> {
+        match spool.path() {
+            Some(from) => std::fs::rename(from, target).map(|_| {
+                spool.disarm();
+            }),
+            None => link_anonymous(&spool.file, target),
+        }
     }
 
     fn publish(&self, object: Spooled, key: &ObjectKey) -> Result<Stored, StorageError> {
@@ -41,8 +152,12 @@ impl FilesystemStorage {
         let mut spool = match object {
             Spooled::File(f) => f,
             Spooled::Memory(bytes) => {
-                let mut f = SpoolFile::create(&self.spool)
-                    .map_err(|e| StorageError::io("cannot create spool file", e))?;
+                let mut f = if self.anonymous {
+                    SpoolFile::create_anonymous(&self.spool)
+                } else {
+                    SpoolFile::create(&self.spool)
+                }
+                .map_err(|e| StorageError::io("cannot create spool file", e))?;
                 f.file
                     .write_all(&bytes)
                     .map_err(|e| StorageError::io("cannot write spool file", e))?;
@@ -51,17 +166,23 @@ impl FilesystemStorage {
             }
         };
         let target = self.root.join(key.relative_path());
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StorageError::io(format!("cannot create {}", parent.display()), e))?;
-        }
-        let from = spool
-            .path()
-            .ok_or_else(|| StorageError::Task("spool file already published".into()))?
-            .to_path_buf();
-        std::fs::rename(&from, &target)
-            .map_err(|e| StorageError::io(format!("cannot rename into {}", target.display()), e))?;
-        spool.disarm();
+        let parent = target
+            .parent()
+            .ok_or_else(|| StorageError::Task("target has no directory".into()))?;
+        self.dirs
+            .ensure(parent)
+            .map_err(|e| StorageError::io(format!("cannot create {}", parent.display()), e))?;
+        let placed = match self.place(&mut spool, &target) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The directory vanished since it was cached: make it again.
+                self.dirs.forget(parent);
+                self.dirs
+                    .ensure(parent)
+                    .and_then(|_| self.place(&mut spool, &target))
+            }
+            other => other,
+        };
+        placed.map_err(|e| StorageError::io(format!("cannot store {}", target.display()), e))?;
         Ok(Stored {
             location: target.to_string_lossy().into_owned(),
             size,
@@ -72,6 +193,10 @@ impl FilesystemStorage {
 impl Storage for FilesystemStorage {
     fn spool_dir(&self) -> &Path {
         &self.spool
+    }
+
+    fn anonymous_spool(&self) -> bool {
+        self.anonymous
     }
 
     fn commit(
@@ -113,6 +238,28 @@ mod tests {
         spool.len = 5;
         let stored = fs.publish(Spooled::File(spool), &key()).unwrap();
         assert_eq!(std::fs::read(&stored.location).unwrap(), b"world");
+        assert_eq!(std::fs::read_dir(fs.spool_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn anonymous_publish_replaces_and_survives_removed_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FilesystemStorage::new(dir.path()).unwrap();
+        assert!(fs.anonymous, "O_TMPFILE expected on this filesystem");
+        let first = fs
+            .publish(Spooled::Memory(b"one".to_vec()), &key())
+            .unwrap();
+        let second = fs
+            .publish(Spooled::Memory(b"two!".to_vec()), &key())
+            .unwrap();
+        assert_eq!(first.location, second.location);
+        assert_eq!(std::fs::read(&second.location).unwrap(), b"two!");
+        // the series directory disappears behind the cache's back
+        std::fs::remove_dir_all(dir.path().join("1.2")).unwrap();
+        let third = fs.publish(Spooled::Memory(b"3".to_vec()), &key()).unwrap();
+        assert_eq!(std::fs::read(&third.location).unwrap(), b"3");
+        let series = dir.path().join("1.2/1.2.3");
+        assert_eq!(std::fs::read_dir(series).unwrap().count(), 1);
         assert_eq!(std::fs::read_dir(fs.spool_dir()).unwrap().count(), 0);
     }
 

@@ -103,6 +103,44 @@ impl SpoolFile {
         }
     }
 
+    /// Create a spool file with no name (Linux `O_TMPFILE`) in `dir`: it is
+    /// never visible, vanishes by itself if the process dies, and is given
+    /// its final name with one `linkat`. Falls back to a named file where the
+    /// filesystem does not support it.
+    pub fn create_anonymous(dir: &Path) -> io::Result<SpoolFile> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .read(true)
+                .mode(0o666)
+                .custom_flags(libc::O_TMPFILE)
+                .open(dir)
+            {
+                Ok(file) => {
+                    return Ok(SpoolFile {
+                        path: None,
+                        file,
+                        len: 0,
+                    })
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Self::create(dir)
+    }
+
+    /// Whether the file has a name (else it is an anonymous `O_TMPFILE`).
+    pub fn is_named(&self) -> bool {
+        self.path.is_some()
+    }
+
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
@@ -153,6 +191,12 @@ pub trait Storage: Send + Sync + 'static {
     /// Directory for spool files of objects still arriving.
     fn spool_dir(&self) -> &Path;
 
+    /// Whether spool files may be anonymous (`O_TMPFILE`): only for backends
+    /// that publish through the file handle rather than the path.
+    fn anonymous_spool(&self) -> bool {
+        false
+    }
+
     /// Store a complete object under `key`, atomically: on success it is at
     /// its final location in full, on failure nothing of it is.
     fn commit(
@@ -177,6 +221,15 @@ mod tests {
         }
         assert!(!is_valid_uid(&"1".repeat(65)));
         assert!(is_valid_uid(&"1".repeat(64)));
+    }
+
+    #[test]
+    fn anonymous_spool_leaves_no_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = SpoolFile::create_anonymous(dir.path()).unwrap();
+        use std::io::Write;
+        spool.file.write_all(b"x").unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
