@@ -1,7 +1,6 @@
 //! One association, from A-ASSOCIATE-RQ to release or abort: negotiation,
 //! the DIMSE message loop (C-ECHO, C-STORE) and the timeouts that bound it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +10,7 @@ use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderPresentationReason, AssociationRJSource, Pdu,
 };
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use crate::config::ServerConfig;
@@ -38,6 +36,21 @@ pub struct ServerContext {
 }
 
 impl ServerContext {
+    pub fn new(
+        config: ServerConfig,
+        storage: Arc<dyn Storage>,
+        events: Events,
+    ) -> Result<ServerContext, String> {
+        Ok(ServerContext {
+            policy: config.policy()?,
+            storage,
+            events,
+            wanted_tags: Arc::new(crate::header::IDENTIFYING_TAGS.to_vec()),
+            rejected: Default::default(),
+            config,
+        })
+    }
+
     /// Report a refused association: a log line with the running count, and
     /// an `OnAssociationRejected` event.
     fn rejected(&self, rejected: Rejected) {
@@ -66,7 +79,11 @@ fn result_name(result: &AssociationRJResult) -> &'static str {
     }
 }
 
-type Io = BufReader<TcpStream>;
+/// Any byte stream an association can run over (TCP, TLS, in-memory).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+type Io<S> = BufReader<S>;
 
 /// Why the message loop ended.
 enum End {
@@ -115,12 +132,8 @@ async fn timed<T>(limit: Option<Duration>, fut: impl std::future::Future<Output 
     }
 }
 
-fn peer_string(addr: &SocketAddr) -> String {
-    addr.to_string()
-}
-
 /// Refuse an association because the server is at its limit.
-pub async fn reject_busy(stream: TcpStream, ctx: Arc<ServerContext>, peer: SocketAddr) {
+pub async fn reject_busy<S: Stream>(stream: S, ctx: Arc<ServerContext>, peer: String) {
     let mut io = BufReader::new(stream);
     let mut reader = PduReader::default();
     let first = timed(
@@ -129,7 +142,7 @@ pub async fn reject_busy(stream: TcpStream, ctx: Arc<ServerContext>, peer: Socke
     )
     .await;
     let mut rejected = Rejected {
-        peer: peer_string(&peer),
+        peer: peer.clone(),
         reason: format!(
             "local limit of {} associations exceeded",
             ctx.config.max_associations
@@ -159,13 +172,12 @@ pub async fn reject_busy(stream: TcpStream, ctx: Arc<ServerContext>, peer: Socke
 }
 
 /// Serve one association to its end.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+pub async fn serve<S: Stream>(
+    stream: S,
+    peer: String,
     ctx: Arc<ServerContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut io = BufReader::with_capacity(64 * 1024, stream);
     let mut reader = PduReader::default();
     let events = ctx.events.clone();
@@ -238,7 +250,7 @@ pub async fn serve(
         Ok(n) => n,
         Err(rejection) => {
             ctx.rejected(Rejected {
-                peer: peer_string(&peer),
+                peer: peer.clone(),
                 calling_ae_title: Some(rq.calling_ae_title.trim().to_string()),
                 called_ae_title: Some(rq.called_ae_title.trim().to_string()),
                 reason: rejection.reason,
@@ -276,7 +288,7 @@ pub async fn serve(
         ctx: ctx.clone(),
         contexts: negotiated.contexts,
         calling_ae_title: negotiated.calling_ae_title,
-        peer: peer_string(&peer),
+        peer: peer.clone(),
         command: Vec::new(),
         command_context: None,
         receiving: None,
@@ -292,9 +304,9 @@ impl Session {
         self.receiving.is_some() || self.discarding.is_some() || !self.command.is_empty()
     }
 
-    async fn run(
+    async fn run<S: Stream>(
         &mut self,
-        io: &mut Io,
+        io: &mut Io<S>,
         reader: &mut PduReader,
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
@@ -390,7 +402,12 @@ impl Session {
         self.contexts.iter().find(|c| c.id == id)
     }
 
-    async fn send_command(&self, io: &mut Io, context_id: u8, command: Vec<u8>) -> Result<(), End> {
+    async fn send_command<S: Stream>(
+        &self,
+        io: &mut Io<S>,
+        context_id: u8,
+        command: Vec<u8>,
+    ) -> Result<(), End> {
         let bytes =
             pdu::encode_pdata(context_id, true, command).map_err(|e| End::Io(e.to_string()))?;
         io.get_mut()
@@ -399,7 +416,7 @@ impl Session {
             .map_err(|e| End::Io(e.to_string()))
     }
 
-    async fn on_pdv(&mut self, io: &mut Io, pdv: pdu::Pdv<'_>) -> Result<(), End> {
+    async fn on_pdv<S: Stream>(&mut self, io: &mut Io<S>, pdv: pdu::Pdv<'_>) -> Result<(), End> {
         let protocol =
             |msg: String| End::Abort(AbortRQServiceProviderReason::UnexpectedPduParameter, msg);
         if self.context(pdv.context_id).is_none() {
@@ -479,7 +496,12 @@ impl Session {
         }
     }
 
-    async fn on_command(&mut self, io: &mut Io, cmd: Command, context_id: u8) -> Result<(), End> {
+    async fn on_command<S: Stream>(
+        &mut self,
+        io: &mut Io<S>,
+        cmd: Command,
+        context_id: u8,
+    ) -> Result<(), End> {
         let context = match self.context(context_id) {
             Some(c) => c.clone(),
             None => {
@@ -523,9 +545,9 @@ impl Session {
         }
     }
 
-    async fn begin_store(
+    async fn begin_store<S: Stream>(
         &mut self,
-        io: &mut Io,
+        io: &mut Io<S>,
         cmd: Command,
         context: AcceptedContext,
     ) -> Result<(), End> {
@@ -616,7 +638,7 @@ impl Session {
         Ok(())
     }
 
-    async fn complete_store(&mut self, io: &mut Io, r: Receiving) -> Result<(), End> {
+    async fn complete_store<S: Stream>(&mut self, io: &mut Io<S>, r: Receiving) -> Result<(), End> {
         let Receiving {
             cmd,
             sop_class_uid,
@@ -691,7 +713,7 @@ impl Session {
         sent
     }
 
-    async fn finish(mut self, io: &mut Io, end: End) {
+    async fn finish<S: Stream>(mut self, io: &mut Io<S>, end: End) {
         let events = self.ctx.events.clone();
         let (what, send_abort) = match &end {
             End::Released => ("released".to_string(), None),
@@ -765,8 +787,158 @@ pub fn file_meta_prefix(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::storage::fs::FilesystemStorage;
+    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
+    use tokio::io::AsyncReadExt;
+
+    pub(crate) fn context(
+        out_dir: &std::path::Path,
+    ) -> (Arc<ServerContext>, std::sync::mpsc::Receiver<Event>) {
+        let config = ServerConfig {
+            out_dir: out_dir.to_path_buf(),
+            ..ServerConfig::default()
+        };
+        let storage = Arc::new(FilesystemStorage::new(out_dir).unwrap());
+        let (events, rx) = Events::channel(false);
+        (
+            Arc::new(ServerContext::new(config, storage, events).unwrap()),
+            rx,
+        )
+    }
+
+    fn associate_rq(contexts: &[(u8, &str, &str)]) -> Vec<u8> {
+        pdu::encode(&Pdu::AssociationRQ(AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: "TEST-SCU".into(),
+            called_ae_title: "STORE-SCP".into(),
+            application_context_name: crate::negotiation::APPLICATION_CONTEXT.into(),
+            presentation_contexts: contexts
+                .iter()
+                .map(|(id, a, ts)| PresentationContextProposed {
+                    id: *id,
+                    abstract_syntax: a.to_string(),
+                    transfer_syntaxes: vec![ts.to_string()],
+                })
+                .collect(),
+            user_variables: vec![UserVariableItem::MaxLength(16384)],
+        }))
+        .unwrap()
+    }
+
+    async fn read_pdu<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 6];
+        r.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes(head[2..6].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await.unwrap();
+        (head[0], body)
+    }
+
+    /// The command set of a P-DATA-TF holding one complete command PDV.
+    fn command_of(body: &[u8]) -> Vec<u8> {
+        let pdv = pdu::pdvs(body).next().unwrap().unwrap();
+        assert!(pdv.is_command && pdv.is_last);
+        pdv.data.to_vec()
+    }
+
+    fn explicit(group: u16, elem: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&group.to_le_bytes());
+        v.extend_from_slice(&elem.to_le_bytes());
+        v.extend_from_slice(vr);
+        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn echo_and_store_over_an_in_memory_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, rx) = context(dir.path());
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (_stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(serve(server, "mem".into(), ctx, shutdown));
+        let (mut r, mut w) = tokio::io::split(client);
+        let ct = "1.2.840.10008.5.1.4.1.1.7";
+        w.write_all(&associate_rq(&[
+            (1, VERIFICATION, "1.2.840.10008.1.2"),
+            (3, ct, "1.2.840.10008.1.2.1"),
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(read_pdu(&mut r).await.0, 0x02);
+
+        // C-ECHO answered with the request's Message ID.
+        w.write_all(&pdu::encode_pdata(1, true, dimse::echo_request(4242)).unwrap())
+            .await
+            .unwrap();
+        let rsp = command_of(&read_pdu(&mut r).await.1);
+        assert_eq!(dimse::command_us(&rsp, 0x0120), Some(4242));
+        assert_eq!(dimse::command_us(&rsp, 0x0100), Some(dimse::C_ECHO_RSP));
+
+        // C-STORE of a tiny data set, in two fragments.
+        let mut ds = Vec::new();
+        ds.extend(explicit(
+            0x0008,
+            0x0016,
+            b"UI",
+            b"1.2.840.10008.5.1.4.1.1.7\0",
+        ));
+        ds.extend(explicit(0x0008, 0x0018, b"UI", b"1.2.3.4\0"));
+        ds.extend(explicit(0x0020, 0x000D, b"UI", b"1.2\0"));
+        ds.extend(explicit(0x0020, 0x000E, b"UI", b"1.2.3\0"));
+        let cmd = dimse::store_request(7, ct, "1.2.3.4");
+        w.write_all(&pdu::encode_pdata(3, true, cmd).unwrap())
+            .await
+            .unwrap();
+        let (a, b) = ds.split_at(10);
+        let mut first = pdu::encode_pdata(3, false, a.to_vec()).unwrap();
+        first[11] = 0x00; // not the last fragment
+        w.write_all(&first).await.unwrap();
+        w.write_all(&pdu::encode_pdata(3, false, b.to_vec()).unwrap())
+            .await
+            .unwrap();
+        let rsp = command_of(&read_pdu(&mut r).await.1);
+        assert_eq!(dimse::command_us(&rsp, 0x0900), Some(status::SUCCESS));
+        assert_eq!(dimse::command_us(&rsp, 0x0120), Some(7));
+        let stored = std::fs::read(dir.path().join("1.2/1.2.3/1.2.3.4.dcm")).unwrap();
+        assert_eq!(stored, ds);
+
+        // Release.
+        w.write_all(&[0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        assert_eq!(read_pdu(&mut r).await.0, 0x06);
+        task.await.unwrap();
+        let stored_events = rx
+            .try_iter()
+            .filter(|e| matches!(e, Event::FileStored(_)))
+            .count();
+        assert_eq!(stored_events, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_ends_the_association_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _rx) = context(dir.path());
+        for junk in [
+            &b""[..],
+            b"\x01\x00\xff\xff\xff\xff",
+            b"\x04\x00\x00\x00\x00\x02\x00\x00",
+            b"GET / HTTP/1.1\r\n\r\n",
+        ] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let (_stop, shutdown) = watch::channel(false);
+            let task = tokio::spawn(serve(server, "mem".into(), ctx.clone(), shutdown));
+            client.write_all(junk).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut sink = Vec::new();
+            let _ = client.read_to_end(&mut sink).await;
+            task.await.unwrap();
+        }
+    }
 
     #[test]
     fn file_meta_prefix_is_part10() {

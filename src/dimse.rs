@@ -187,6 +187,44 @@ pub fn echo_response(message_id: u16, sop_class_uid: &str) -> Vec<u8> {
     w.finish()
 }
 
+/// Encode a C-ECHO-RQ (used by tests, fuzzing seeds and benchmarks).
+pub fn echo_request(message_id: u16) -> Vec<u8> {
+    let mut w = CommandWriter::new();
+    w.uid(0x0002, "1.2.840.10008.1.1")
+        .us(0x0100, C_ECHO_RQ)
+        .us(0x0110, message_id)
+        .us(0x0800, NO_DATASET);
+    w.finish()
+}
+
+/// Encode a C-STORE-RQ announcing a data set.
+pub fn store_request(message_id: u16, sop_class_uid: &str, sop_instance_uid: &str) -> Vec<u8> {
+    let mut w = CommandWriter::new();
+    w.uid(0x0002, sop_class_uid)
+        .us(0x0100, C_STORE_RQ)
+        .us(0x0110, message_id)
+        .us(0x0700, 0)
+        .us(0x0800, 0x0000)
+        .uid(0x1000, sop_instance_uid);
+    w.finish()
+}
+
+/// Read a US element of a command set (responses included).
+pub fn command_us(bytes: &[u8], element: u16) -> Option<u16> {
+    let mut rest = bytes;
+    while let Some((head, tail)) = rest.split_first_chunk::<8>() {
+        let group = u16::from_le_bytes([head[0], head[1]]);
+        let elem = u16::from_le_bytes([head[2], head[3]]);
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let value = tail.get(..len)?;
+        if group == 0 && elem == element {
+            return us_value(value);
+        }
+        rest = tail.get(len..)?;
+    }
+    None
+}
+
 /// Encode a failure response for a request this SCP does not perform.
 pub fn unsupported_response(command_field: u16, message_id: u16, sop_class_uid: &str) -> Vec<u8> {
     let mut w = CommandWriter::new();
@@ -205,14 +243,7 @@ mod tests {
     use super::*;
 
     fn store_rq(message_id: u16) -> Vec<u8> {
-        let mut w = CommandWriter::new();
-        w.uid(0x0002, "1.2.840.10008.5.1.4.1.1.2")
-            .us(0x0100, C_STORE_RQ)
-            .us(0x0110, message_id)
-            .us(0x0700, 0)
-            .us(0x0800, 0x0000)
-            .uid(0x1000, "1.2.3.4.5");
-        w.finish()
+        store_request(message_id, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5")
     }
 
     #[test]

@@ -24,4 +24,5 @@ pub mod server;
 pub mod storage;
 pub mod uid_tables;
 
+#[cfg(feature = "python")]
 mod python;

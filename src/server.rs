@@ -13,7 +13,6 @@ use tokio::task::JoinSet;
 use crate::association::{self, ServerContext};
 use crate::config::ServerConfig;
 use crate::events::{Event, Events, Level};
-use crate::header::IDENTIFYING_TAGS;
 use crate::storage::fs::FilesystemStorage;
 use crate::storage::Storage;
 
@@ -57,7 +56,6 @@ impl Server {
     /// Bind and start serving; returns once the port is bound.
     pub fn start(config: ServerConfig, events: Events) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let policy = config.policy().map_err(StartError::Config)?;
         let storage: Arc<dyn Storage> = Arc::new(
             FilesystemStorage::new(&config.out_dir)
                 .map_err(|e| StartError::Storage(e.to_string()))?,
@@ -91,14 +89,10 @@ impl Server {
             TcpListener::from_std(std_listener).map_err(StartError::Runtime)?
         };
 
-        let ctx = Arc::new(ServerContext {
-            policy,
-            storage,
-            events: events.clone(),
-            wanted_tags: Arc::new(IDENTIFYING_TAGS.to_vec()),
-            rejected: Default::default(),
-            config: config.clone(),
-        });
+        let ctx = Arc::new(
+            ServerContext::new(config.clone(), storage, events.clone())
+                .map_err(StartError::Config)?,
+        );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let accept_task = runtime.spawn(accept_loop(listener, ctx, shutdown_rx));
 
@@ -175,7 +169,11 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         if active.load(Ordering::Acquire) >= ctx.config.max_associations {
-            tasks.spawn(association::reject_busy(stream, ctx.clone(), peer));
+            tasks.spawn(association::reject_busy(
+                stream,
+                ctx.clone(),
+                peer.to_string(),
+            ));
             continue;
         }
         active.fetch_add(1, Ordering::AcqRel);
@@ -184,7 +182,7 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let _guard = guard;
-            association::serve(stream, peer, ctx, shutdown).await;
+            association::serve(stream, peer.to_string(), ctx, shutdown).await;
         });
     }
     drop(listener);
