@@ -32,20 +32,6 @@ SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 # One fixed root so names are stable between runs of the same parameters.
 UID_ROOT = "1.2.826.0.1.3680043.10.1363.9."
 
-# The tags the "extract 10 tags" receiver variant asks for; every file has them.
-EXTRACT_TAGS = [
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "StudyDate",
-    "StudyDescription",
-    "AccessionNumber",
-    "Modality",
-    "SeriesNumber",
-    "SeriesDescription",
-    "InstanceNumber",
-]
-
 CHUNK = 8 << 20
 
 
@@ -79,6 +65,7 @@ def _base(rng: random.Random, study: str, series: str, sop_class: str, number: i
     ds.SeriesNumber = 1
     ds.SeriesDescription = "benchmark series"
     ds.InstanceNumber = number
+    # Every tag scp_python.EXTRACT_TAGS asks for is set above.
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
