@@ -23,7 +23,7 @@ import struct
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MULTIFRAME_WORD_SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7.3"
@@ -42,10 +42,10 @@ def _uid(rng: random.Random) -> str:
 def _base(rng: random.Random, study: str, series: str, sop_class: str, number: int) -> Dataset:
     sop_instance = _uid(rng)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = UID_ROOT + "1"
+    meta.ImplementationClassUID = UID(UID_ROOT + "1")
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = sop_class
@@ -192,5 +192,5 @@ def dataset_bytes(path: Path) -> int:
         head = f.read(132 + 12)
         if head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
             raise ValueError(f"{path}: no file meta group length")
-        (group_length,) = struct.unpack("<I", head[140:144])
+        group_length = int.from_bytes(head[140:144], "little")
     return os.path.getsize(path) - (144 + group_length)

@@ -8,13 +8,13 @@ receiver itself and, for receivers that fork a process per association
 ``/proc/PID/task/TID/children``.
 
 CPU: the receiver's own process CPU clock (nanoseconds, every thread, exited
-ones included), plus for every descendant ever seen the last value of its own
-CPU clock. A child that has exited stays a zombie until its parent reaps it
-and its clock then holds its final value; dcmtk reaps a child only when it
-accepts the next association, so nothing is lost in practice. (``cutime`` of
-``/proc/PID/stat`` would also cover reaped children, but in 10 ms ticks,
-rounded down per child.) A measurement is the difference of two readings
-taken while the receiver is idle.
+ones included) + ``cutime+cstime`` of ``/proc/PID/stat`` (the children it has
+reaped) + the own CPU clock of each descendant still in the process table
+(zombies included). dcmtk reaps a child as soon as it exits, so that child's
+time moves into ``cutime``, which the kernel keeps exactly but shows in 10 ms
+ticks: a reading of a forking receiver is up to 10 ms low, a difference of two
+readings is within ±10 ms. Non-forking receivers are exact. A measurement is
+the difference of two readings taken while the receiver is idle.
 
 Peak RSS: the largest ``VmHWM`` seen in the tree. It is a high-water mark, so
 nothing is missed of a process still alive, but a forked child that lives
@@ -104,17 +104,6 @@ def _process_cpu_clock(pid: int) -> Optional[float]:
         return None
 
 
-def _own_cpu(pid: int) -> Optional[tuple[int, float]]:
-    """(start time, CPU seconds of the process itself), None if it is gone."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return None
-    clock = _process_cpu_clock(pid)
-    if clock is None:
-        clock = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return int(fields[19]), clock
-
-
 def vm_hwm_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -132,29 +121,30 @@ class Monitor:
     def __init__(self, root: int, forks: bool, interval: float = 0.05) -> None:
         self.root, self.forks, self.interval = root, forks, interval
         self.peak_kib = 0
-        self._children_cpu: dict[tuple[int, int], float] = {}  # (pid, start) -> CPU s
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
 
-    def _sample(self) -> None:
-        for pid in tree(self.root, self.forks):
-            self.peak_kib = max(self.peak_kib, vm_hwm_kib(pid))
-            if pid != self.root:
-                own = _own_cpu(pid)
-                if own is not None:
-                    self._children_cpu[(pid, own[0])] = own[1]
-
     def sample(self) -> None:
         with self._lock:
-            self._sample()
+            for pid in tree(self.root, self.forks):
+                self.peak_kib = max(self.peak_kib, vm_hwm_kib(pid))
 
     def cpu(self) -> float:
-        """CPU seconds used so far by the receiver and every descendant seen."""
-        with self._lock:
-            self._sample()
-            own = _own_cpu(self.root)
-            return (own[1] if own else 0.0) + sum(self._children_cpu.values())
+        """CPU seconds used so far by the receiver and its descendants."""
+        total = 0.0
+        # The root first: a child reaped meanwhile is missed, never counted twice.
+        for pid in tree(self.root, self.forks):
+            fields = _stat_fields(pid)
+            if fields is None:
+                continue
+            utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+            own = _process_cpu_clock(pid)
+            total += (own if own is not None else (utime + stime) / CLK_TCK) + (
+                cutime + cstime
+            ) / CLK_TCK
+        self.sample()
+        return total
 
     def wait_quiet(
         self, limit: float = 30.0, window: float = 0.1, threshold: float = 0.002

@@ -266,46 +266,53 @@ def send_storescu(files: Sequence[Path], port: int, n: int, timeout: float, log:
     return Sent(ok, elapsed, t0, cpu, "" if ok else f"storescu exit codes {codes}, see {log}")
 
 
-def send_loadgen(files: Sequence[Path], port: int, n: int, timeout: float, log: Path) -> Sent:
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
-        lst.write("".join(f"{f}\n" for f in files))
-    try:
+class Loadgen:
+    """benches/loadgen, started and ready (probe association done, objects
+    encoded) before the measurement starts; :meth:`go` runs the timed part."""
+
+    def __init__(self, files: Sequence[Path], port: int, n: int, timeout: float, log: Path):
+        self.timeout = timeout
+        self.log = log
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
+            lst.write("".join(f"{f}\n" for f in files))
+        self.list = lst.name
         with open(log, "ab") as err:
-            t_start = time.monotonic()
-            proc = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 [
-                    str(LOADGEN),
-                    "--port",
-                    str(port),
-                    "--associations",
-                    str(n),
-                    "--timeout",
-                    str(int(timeout)),
-                    "--list",
-                    lst.name,
+                    str(LOADGEN), "--port", str(port), "--associations", str(n),
+                    "--timeout", str(int(timeout)), "--wait-go", "--list", lst.name,
                 ],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=ENV,
-                start_new_session=True,
-                text=True,
-            )
-            t0, report = t_start, None
-            with _watchdog([proc.pid], timeout):
-                assert proc.stdout is not None
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=ENV,
+                start_new_session=True, text=True,
+            )  # fmt: skip
+        assert self.proc.stdout is not None
+        with _watchdog([self.proc.pid], timeout):
+            self.ready = self.proc.stdout.readline().strip() == "ready"
+
+    def go(self) -> Sent:
+        proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        report = None
+        t0 = time.monotonic()
+        try:
+            with _watchdog([proc.pid], self.timeout):
+                if self.ready:
+                    proc.stdin.write("go\n")
+                    proc.stdin.close()
+                    t0 = time.monotonic()
                 for line in proc.stdout:
-                    if line.strip() == "go":
-                        t0 = time.monotonic()
-                    elif line.startswith("{"):
+                    if line.startswith("{"):
                         report = json.loads(line)
                 rc, usage = _wait4(proc)
-    finally:
-        os.unlink(lst.name)
-    cpu = usage.ru_utime + usage.ru_stime
-    if report is None:
-        return Sent(False, time.monotonic() - t0, t0, cpu, f"loadgen exit {rc}, see {log}")
-    error = "" if report["ok"] and rc == 0 else f"loadgen: {report}"
-    return Sent(bool(report["ok"]) and rc == 0, float(report["elapsed_s"]), t0, cpu, error)
+        finally:
+            os.unlink(self.list)
+        cpu = usage.ru_utime + usage.ru_stime
+        if report is None:
+            return Sent(
+                False, time.monotonic() - t0, t0, cpu, f"loadgen exit {rc}: {_tail(self.log)}"
+            )
+        ok = bool(report["ok"]) and rc == 0
+        return Sent(ok, float(report["elapsed_s"]), t0, cpu, "" if ok else f"loadgen: {report}")
 
 
 SENDERS = {
@@ -319,9 +326,13 @@ SENDERS = {
 }
 
 
-def send(sender: Sender, files: Sequence[Path], port: int, timeout: float, log: Path) -> Sent:
-    fn = send_storescu if sender.tool == "storescu" else send_loadgen
-    return fn(files, port, sender.associations, timeout, log)
+def prepare(
+    sender: Sender, files: Sequence[Path], port: int, timeout: float, log: Path
+) -> Callable[[], Sent]:
+    """Everything a sender does before the clock starts; returns the timed part."""
+    if sender.tool == "loadgen":
+        return Loadgen(files, port, sender.associations, timeout, log).go
+    return lambda: send_storescu(files, port, sender.associations, timeout, log)
 
 
 # ---------------------------------------------------------------- one timed run
@@ -422,9 +433,10 @@ def run_once(
             if not warmed.ok or stored_warm != 1:
                 result["error"] = f"warm-up failed: {warmed.error} stored {stored_warm}"
                 return result
+            go = prepare(sender, data.files, port, timeout, logs / "sender.log")
             mon.wait_quiet()
             cpu0 = mon.cpu()
-            sent = send(sender, data.files, port, timeout, logs / "sender.log")
+            sent = go()
             t_end = sent.t0 + sent.elapsed
             stored, stored_bytes = (
                 wait_count(out, n + 1, 30) if receiver.stores else (n + 1, data.dataset_bytes)

@@ -85,7 +85,8 @@ def main() -> int:
 
     ae = AE(ae_title="PYNETDICOM")
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     ae.maximum_associations = 100
 
@@ -99,7 +100,8 @@ def main() -> int:
     )
     while not stop.wait(0.5):
         pass
-    server.shutdown()
+    if server is not None:
+        server.shutdown()
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(state, f)

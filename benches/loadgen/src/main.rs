@@ -1,15 +1,17 @@
 //! Benchmark load generator for DICOM C-STORE receivers.
 //!
-//! Reads DICOM Part-10 files, opens N associations, pre-encodes every object
-//! as one buffer of P-DATA-TF PDUs (the C-STORE-RQ command, then the data set
-//! in fragments that respect the maximum PDU length announced by the
-//! acceptor), then replays those buffers: one `write_all` per object, followed
-//! by a wait for its C-STORE-RSP. One thread per association, blocking
-//! sockets with TCP_NODELAY, no parsing or copying while the clock runs.
+//! Reads DICOM Part-10 files; a probe association learns the acceptor's
+//! maximum PDU length; every object is pre-encoded as one buffer of P-DATA-TF
+//! PDUs (the C-STORE-RQ command, then the data set in fragments that respect
+//! that maximum). Then the clock starts: N associations, one thread each,
+//! replay those buffers: one `write_all` per object, then a wait for its
+//! C-STORE-RSP. Blocking sockets with TCP_NODELAY, no parsing or copying while
+//! the clock runs.
 //!
-//! Output on stdout: `ready` once every association is established and every
-//! object encoded, `go` when the clock starts, then one JSON object with the
-//! figures. Exit status 0 only if every object was answered with 0x0000.
+//! Output on stdout: `ready` once everything is encoded (with `--wait-go`,
+//! the clock starts only when a line arrives on stdin), `go` when the clock
+//! starts, then one JSON object with the figures. Exit status 0 only if every
+//! object was answered with 0x0000.
 
 use std::fmt;
 use std::fs::File;
@@ -62,11 +64,13 @@ struct Options {
     called_ae: String,
     calling_ae: String,
     timeout: Duration,
+    wait_go: bool,
     files: Vec<PathBuf>,
 }
 
 const USAGE: &str = "loadgen --port PORT [--host HOST] [--associations N] \
-[--called-ae AE] [--calling-ae AE] [--timeout SECONDS] (--list FILE | --dir DIR | FILE...)";
+[--called-ae AE] [--calling-ae AE] [--timeout SECONDS] [--wait-go] \
+(--list FILE | --dir DIR | FILE...)";
 
 fn parse_args() -> Result<Options> {
     let mut opts = Options {
@@ -76,6 +80,7 @@ fn parse_args() -> Result<Options> {
         called_ae: "STORE-SCP".into(),
         calling_ae: "LOADGEN".into(),
         timeout: Duration::from_secs(120),
+        wait_go: false,
         files: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -121,6 +126,7 @@ fn parse_args() -> Result<Options> {
                 let dir = PathBuf::from(value("--dir")?);
                 collect_files(&dir, &mut opts.files)?;
             }
+            "--wait-go" => opts.wait_go = true,
             "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
             s if s.starts_with('-') => return Err(Error::Usage(format!("unknown flag {s}"))),
             _ => opts.files.push(PathBuf::from(arg)),
@@ -765,6 +771,16 @@ fn run(opts: Options) -> Result<bool> {
 
     let mut stdout = io::stdout();
     let _ = writeln!(stdout, "ready");
+    let _ = stdout.flush();
+    if opts.wait_go {
+        let mut line = String::new();
+        let n = io::stdin()
+            .read_line(&mut line)
+            .map_err(io_err("waiting for go on stdin"))?;
+        if n == 0 {
+            return Err(Error::Usage("stdin closed before go: nothing sent".into()));
+        }
+    }
     let barrier = Arc::new(Barrier::new(n_assoc + 1));
     let opts = Arc::new(opts);
     let contexts = Arc::new(contexts);
