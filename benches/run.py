@@ -625,6 +625,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
     cells = [r["receiver"]]
     for _title, key, spec, scale in COLUMNS:
         v = r.get(key)
+        if v is not None and key == "files_per_s" and v < 10:
+            spec = ".2f"  # the big object
         cells.append("—" if v is None else f"{v * scale:{spec}}")
     note = ""
     if r["skipped"]:
