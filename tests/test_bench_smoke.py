@@ -1,0 +1,35 @@
+"""The benchmark harness works end to end on tiny data (speed itself is only
+ever measured by `python3 benches/run.py`, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_harness_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benches" / "run.py"),
+            "--smoke",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results, "no results written"
+    text = json.dumps(results)
+    for receiver in ("dicom-storescp-py", "dcmtk-fork", "pynetdicom"):
+        assert receiver in text, f"{receiver} missing from the benchmark results"
