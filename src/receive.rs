@@ -40,11 +40,23 @@ pub struct SpoolPlace {
 }
 
 impl SpoolPlace {
-    fn create(&self) -> io::Result<SpoolFile> {
+    fn create_once(&self) -> io::Result<SpoolFile> {
         if self.anonymous {
             SpoolFile::create_anonymous(&self.dir)
         } else {
             SpoolFile::create(&self.dir)
+        }
+    }
+
+    /// Create a spool file (blocking); a spool directory removed behind the
+    /// server's back (out_dir deleted, volume remounted) is made again.
+    pub fn create(&self) -> io::Result<SpoolFile> {
+        match self.create_once() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.dir)?;
+                self.create_once()
+            }
+            other => other,
         }
     }
 }

@@ -251,6 +251,7 @@ class StoreScp:
         self._lock = threading.Lock()
         self._dispatcher: Optional[threading.Thread] = None
         self._running = threading.Event()
+        self._drained = threading.Event()
         self._port: Optional[int] = None
         self.verbose = verbose
         if verbose:
@@ -304,9 +305,10 @@ class StoreScp:
             return self
         self._port = self._core.start()
         self._running.set()
+        self._drained = threading.Event()
         dispatcher = threading.Thread(
             target=_dispatch,
-            args=(self._core, self._listeners, self._lock),
+            args=(self._core, self._listeners, self._lock, self._drained),
             name=f"dicom-storescp-events-{self._port}",
             daemon=True,
         )
@@ -322,12 +324,16 @@ class StoreScp:
             return
         self._core.stop(timeout)
         dispatcher = self._dispatcher
-        if dispatcher is not None and dispatcher is not threading.current_thread():
-            # The core always ends its stream with "Closed"; the bound only
-            # guards against a listener that never returns.
-            dispatcher.join(timeout + 30.0)
-            if dispatcher.is_alive():
-                logger.warning("a listener is still running; stop() returns without it")
+        # The core always ends its stream with "Closed"; the bound only guards
+        # against a listener that never returns. (An Event, not Thread.join: a
+        # join interrupted by Ctrl-C can leave the thread looking finished
+        # while it still runs.)
+        if (
+            dispatcher is not None
+            and dispatcher is not threading.current_thread()
+            and not self._drained.wait(timeout + 30.0)
+        ):
+            logger.warning("a listener is still running; stop() returns without it")
         self._running.clear()
 
     def listen(self) -> None:
@@ -342,11 +348,8 @@ class StoreScp:
             self.stop()
 
     def _running_wait(self, seconds: float) -> None:
-        dispatcher = self._dispatcher
-        if dispatcher is not None:
-            dispatcher.join(seconds)
-            if not dispatcher.is_alive():
-                self._running.clear()
+        if self._drained.wait(seconds):
+            self._running.clear()
 
     def __enter__(self) -> StoreScp:
         return self.start()
@@ -370,8 +373,22 @@ def _enable_verbose_logging() -> None:
         logger.addHandler(handler)
 
 
-def _dispatch(core: Any, listeners: dict[str, list[Listener]], lock: threading.Lock) -> None:
+def _dispatch(
+    core: Any,
+    listeners: dict[str, list[Listener]],
+    lock: threading.Lock,
+    drained: threading.Event,
+) -> None:
     """The dispatcher thread: drain the core's events until it closes."""
+    try:
+        _dispatch_until_closed(core, listeners, lock)
+    finally:
+        drained.set()
+
+
+def _dispatch_until_closed(
+    core: Any, listeners: dict[str, list[Listener]], lock: threading.Lock
+) -> None:
     while True:
         event = core.next_event(0.5)
         if event is None:

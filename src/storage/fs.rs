@@ -152,12 +152,13 @@ impl FilesystemStorage {
         let mut spool = match object {
             Spooled::File(f) => f,
             Spooled::Memory(bytes) => {
-                let mut f = if self.anonymous {
-                    SpoolFile::create_anonymous(&self.spool)
-                } else {
-                    SpoolFile::create(&self.spool)
-                }
-                .map_err(|e| StorageError::io("cannot create spool file", e))?;
+                let place = crate::receive::SpoolPlace {
+                    dir: self.spool.clone(),
+                    anonymous: self.anonymous,
+                };
+                let mut f = place
+                    .create()
+                    .map_err(|e| StorageError::io("cannot create spool file", e))?;
                 f.file
                     .write_all(&bytes)
                     .map_err(|e| StorageError::io("cannot write spool file", e))?;
