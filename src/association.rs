@@ -53,7 +53,7 @@ impl ServerContext {
 
     /// Report a refused association: a log line with the running count, and
     /// an `OnAssociationRejected` event.
-    fn rejected(&self, rejected: Rejected) {
+    pub(crate) fn rejected(&self, rejected: Rejected) {
         let n = self
             .rejected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)

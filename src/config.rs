@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     pub allowed_calling_ae_titles: Option<Vec<String>>,
     pub require_called_ae_title: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
     pub verbose: bool,
 }
 
@@ -53,6 +56,9 @@ impl Default for ServerConfig {
             idle_timeout: Some(Duration::from_secs(300)),
             allowed_calling_ae_titles: None,
             require_called_ae_title: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             verbose: false,
         }
     }
@@ -90,7 +96,25 @@ impl ServerConfig {
                 ));
             }
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err("tls_key is required with tls_cert".into()),
+            (None, Some(_)) => return Err("tls_cert is required with tls_key".into()),
+            (None, None) if self.tls_ca.is_some() => {
+                return Err("tls_ca needs tls_cert and tls_key (TLS must be on)".into())
+            }
+            _ => {}
+        }
         self.policy().map(|_| ())
+    }
+
+    /// The TLS configuration, when TLS is on (reads the PEM files).
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::server_config(cert, key, self.tls_ca.as_deref()).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The negotiation policy these options describe.

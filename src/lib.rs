@@ -10,6 +10,7 @@
 //! - [`header`]: reading UIDs and tags from the head of a data set
 //! - [`events`]: the per-server event channel
 //! - [`server`]: listener, runtime, limits, graceful stop
+//! - [`tls`]: DICOM TLS configuration (rustls)
 //! - `python`: the pyo3 binding layer
 
 pub mod association;
@@ -22,6 +23,7 @@ pub mod pdu;
 pub mod receive;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod uid_tables;
 
 #[cfg(feature = "python")]

@@ -35,6 +35,9 @@ struct Options {
     idle_timeout: Option<f64>,
     allowed_calling_ae_titles: Option<Vec<String>>,
     require_called_ae_title: bool,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     verbose: bool,
 }
 
@@ -68,6 +71,9 @@ impl Options {
             max_associations: self.max_associations,
             allowed_calling_ae_titles: self.allowed_calling_ae_titles,
             require_called_ae_title: self.require_called_ae_title,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_ca: self.tls_ca,
             verbose: self.verbose,
         };
         config.validate().map_err(PyValueError::new_err)?;

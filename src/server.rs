@@ -56,6 +56,7 @@ impl Server {
     /// Bind and start serving; returns once the port is bound.
     pub fn start(config: ServerConfig, events: Events) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
+        let tls = config.tls().map_err(StartError::Config)?;
         let storage: Arc<dyn Storage> = Arc::new(
             FilesystemStorage::new(&config.out_dir)
                 .map_err(|e| StartError::Storage(e.to_string()))?,
@@ -94,7 +95,8 @@ impl Server {
                 .map_err(StartError::Config)?,
         );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let accept_task = runtime.spawn(accept_loop(listener, ctx, shutdown_rx));
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        let accept_task = runtime.spawn(accept_loop(listener, ctx, tls, shutdown_rx));
 
         events.emit(Event::ServerStarted {
             port: local_addr.port(),
@@ -146,6 +148,7 @@ impl Drop for Server {
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ServerContext>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let active = Arc::new(AtomicUsize::new(0));
@@ -168,27 +171,55 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        if active.load(Ordering::Acquire) >= ctx.config.max_associations {
-            tasks.spawn(association::reject_busy(
-                stream,
-                ctx.clone(),
-                peer.to_string(),
-            ));
-            continue;
-        }
-        active.fetch_add(1, Ordering::AcqRel);
-        let guard = ActiveGuard(active.clone());
+        let peer = peer.to_string();
+        let busy = active.load(Ordering::Acquire) >= ctx.config.max_associations;
+        let guard = (!busy).then(|| {
+            active.fetch_add(1, Ordering::AcqRel);
+            ActiveGuard(active.clone())
+        });
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
             let _guard = guard;
-            association::serve(stream, peer.to_string(), ctx, shutdown).await;
+            match tls {
+                None if busy => association::reject_busy(stream, ctx, peer).await,
+                None => association::serve(stream, peer, ctx, shutdown).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        ctx.config.acse_timeout.unwrap_or(Duration::from_secs(3600)),
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) if busy => {
+                            association::reject_busy(tls_stream, ctx, peer).await
+                        }
+                        Ok(Ok(tls_stream)) => {
+                            association::serve(tls_stream, peer, ctx, shutdown).await
+                        }
+                        Ok(Err(e)) => tls_refused(&ctx, peer, e.to_string()),
+                        Err(_) => tls_refused(&ctx, peer, "handshake timed out".into()),
+                    }
+                }
+            }
         });
     }
     drop(listener);
     // Associations see the shutdown flag: idle ones abort now, busy ones
     // after the object in flight.
     while tasks.join_next().await.is_some() {}
+}
+
+/// A TLS handshake that failed (untrusted or missing client certificate,
+/// plain DICOM on a TLS port, ...): the peer never got an association.
+fn tls_refused(ctx: &ServerContext, peer: String, reason: String) {
+    ctx.rejected(crate::events::Rejected {
+        peer,
+        reason: format!("TLS handshake failed: {reason}"),
+        result: "permanent",
+        ..Default::default()
+    });
 }
 
 struct ActiveGuard(Arc<AtomicUsize>);

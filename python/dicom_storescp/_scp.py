@@ -149,9 +149,9 @@ class StoreScp:
         idle_timeout: Optional[float] = 300.0,
         allowed_calling_ae_titles: Optional[Sequence[str]] = None,
         require_called_ae_title: bool = False,
-        tls_cert: Optional[str] = None,
-        tls_key: Optional[str] = None,
-        tls_ca: Optional[str] = None,
+        tls_cert: Union[str, os.PathLike[str], None] = None,
+        tls_key: Union[str, os.PathLike[str], None] = None,
+        tls_ca: Union[str, os.PathLike[str], None] = None,
         **unknown: NoReturn,
     ) -> None:
         if unknown:
@@ -188,9 +188,14 @@ class StoreScp:
         timeout = _check_seconds("study_timeout", study_timeout, allow_none=False)
         if timeout != _DEFAULT_STUDY_TIMEOUT:
             _not_yet("study_timeout")
-        for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_ca", tls_ca)):
-            if value is not None:
-                _not_yet(name)
+        tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca}
+        for name, value in tls.items():
+            if value is not None and not os.path.isfile(os.fspath(value)):
+                raise ValueError(f"{name}: {value!r} is not a readable file")
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if tls_ca is not None and tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key (TLS must be on)")
 
         as_mode = _check_choice(
             "abstract_syntax_mode", abstract_syntax_mode, ("AllStorage", "All", "Custom")
@@ -243,6 +248,7 @@ class StoreScp:
             "require_called_ae_title": _check_bool(
                 "require_called_ae_title", require_called_ae_title
             ),
+            **{k: None if v is None else os.path.abspath(os.fspath(v)) for k, v in tls.items()},
             "verbose": _check_bool("verbose", verbose),
         }
         self._options = options

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only accept these calling AE titles",
     )
     net.add_argument("--require-called-ae-title", action="store_true")
+    tls = p.add_argument_group("TLS (DICOM PS3.15 Annex B)")
+    tls.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate chain")
+    tls.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
+    tls.add_argument(
+        "--tls-ca", default=None, metavar="PEM", help="require client certificates from this CA"
+    )
     neg = p.add_argument_group("negotiation")
     neg.add_argument(
         "--abstract-syntax-mode", default="AllStorage", choices=["AllStorage", "All", "Custom"]
@@ -121,6 +127,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             idle_timeout=args.idle_timeout,
             allowed_calling_ae_titles=args.allowed_calling_ae_titles,
             require_called_ae_title=args.require_called_ae_title,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
             abstract_syntax_mode=args.abstract_syntax_mode,
             abstract_syntaxes=args.abstract_syntaxes,
             transfer_syntax_mode=args.transfer_syntax_mode,
