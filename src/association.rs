@@ -168,7 +168,7 @@ pub async fn reject_busy<S: Stream>(stream: S, ctx: Arc<ServerContext>, peer: St
             ctx.rejected(rejected);
         }
     }
-    let _ = io.get_mut().shutdown().await;
+    pdu::close_after_last_pdu(&mut io).await;
 }
 
 /// Serve one association to its end.
@@ -193,7 +193,7 @@ pub async fn serve<S: Stream>(
             events.log(Level::Info, || {
                 format!("{peer}: no association request within the ACSE timeout")
             });
-            let _ = io.get_mut().shutdown().await;
+            pdu::close_after_last_pdu(&mut io).await;
             return;
         }
         Some(Err(e)) => {
@@ -207,7 +207,7 @@ pub async fn serve<S: Stream>(
                 )
                 .await;
             }
-            let _ = io.get_mut().shutdown().await;
+            pdu::close_after_last_pdu(&mut io).await;
             return;
         }
         Some(Ok(raw)) => {
@@ -221,7 +221,7 @@ pub async fn serve<S: Stream>(
                     &pdu::abort_pdu(AbortRQServiceProviderReason::UnexpectedPdu),
                 )
                 .await;
-                let _ = io.get_mut().shutdown().await;
+                pdu::close_after_last_pdu(&mut io).await;
                 return;
             }
             match dicom_ul::pdu::read_pdu(raw.bytes, pdu::MAX_ASSOCIATE_PDU, false) {
@@ -239,7 +239,7 @@ pub async fn serve<S: Stream>(
                         &pdu::abort_pdu(AbortRQServiceProviderReason::InvalidPduParameter),
                     )
                     .await;
-                    let _ = io.get_mut().shutdown().await;
+                    pdu::close_after_last_pdu(&mut io).await;
                     return;
                 }
             }
@@ -257,7 +257,7 @@ pub async fn serve<S: Stream>(
                 result: result_name(&rejection.rj.result),
             });
             pdu::send_quietly(io.get_mut(), &pdu::reject_pdu(rejection.rj)).await;
-            let _ = io.get_mut().shutdown().await;
+            pdu::close_after_last_pdu(&mut io).await;
             return;
         }
     };
@@ -735,10 +735,15 @@ impl Session {
                 None,
             ));
         }
+        let we_spoke_last = send_abort.is_some() || matches!(end, End::Released);
         if let Some(reason) = send_abort {
             pdu::send_quietly(io.get_mut(), &pdu::abort_pdu(reason)).await;
         }
-        let _ = io.get_mut().shutdown().await;
+        if we_spoke_last {
+            pdu::close_after_last_pdu(io).await;
+        } else {
+            let _ = io.get_mut().shutdown().await;
+        }
         let level = match end {
             End::Abort(..) | End::Io(_) => Level::Warning,
             _ => Level::Info,

@@ -192,6 +192,27 @@ pub fn reject_pdu(rj: AssociationRJ) -> Pdu {
     Pdu::AssociationRJ(rj)
 }
 
+/// How long to wait for the peer to close the connection after we rejected,
+/// aborted or released (the upper layer's ARTIM timer, PS3.8 §9.1.5).
+pub const ARTIM: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Close the way the DICOM state machine wants: after our last PDU, wait (up
+/// to [`ARTIM`]) for the peer to close first, discarding anything it still
+/// sends, so that our last PDU is never lost to a reset.
+pub async fn close_after_last_pdu<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = stream.flush().await;
+    let mut sink = [0u8; 2048];
+    let _ = tokio::time::timeout(ARTIM, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let _ = stream.shutdown().await;
+}
+
 /// Best effort: send a PDU, ignoring errors (used on the way out).
 pub async fn send_quietly<W: AsyncWrite + Unpin>(stream: &mut W, pdu: &Pdu) {
     if let Ok(bytes) = encode(pdu) {

@@ -212,12 +212,17 @@ def test_all_mode_accepts_private_abstract_syntax(scp_factory: Callable[..., Run
         assoc.release()
 
 
-def test_no_acceptable_context_rejects_association(scp_factory: Callable[..., RunningScp]) -> None:
+def test_no_acceptable_context_rejects_association(
+    scp_factory: Callable[..., RunningScp], corpus: dict[str, Prepared]
+) -> None:
     run = scp_factory(abstract_syntax_mode="Custom", abstract_syntaxes=["CTImageStorage"])
-    assoc = _associate(run.port, [(MR, [EXPLICIT])])
-    assert assoc.is_rejected
+    # storescu -R proposes only what its files need: here, MR only.
+    proc = storescu(run.port, [corpus["MR_small.dcm"].path], "-R", "-xe", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Association Rejected" in out and "Permanent" in out, out
     (event,) = run.log.wait_for("OnAssociationRejected", 1)
-    assert event["calling_ae_title"] == "PYNETDICOM"
+    assert event["calling_ae_title"] == "DCMTK-SCU"
     assert event["result"] == "permanent"
     assert "presentation context" in event["reason"]
 
