@@ -10,15 +10,18 @@ then on a wrong secret key gets HTTP 403.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import boto3
 from botocore.config import Config
@@ -79,9 +82,7 @@ class MotoS3:
         )
         iam.create_user(UserName="dicom-storescp")
         key = iam.create_access_key(UserName="dicom-storescp")["AccessKey"]
-        iam.put_user_policy(
-            UserName="dicom-storescp", PolicyName="all", PolicyDocument=_POLICY
-        )
+        iam.put_user_policy(UserName="dicom-storescp", PolicyName="all", PolicyDocument=_POLICY)
         self.access_key = key["AccessKeyId"]
         self.secret_key = key["SecretAccessKey"]
         return self
@@ -172,3 +173,122 @@ class MotoS3:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+
+
+_ERROR_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+    b"<Message>fault injected by the test proxy</Message></Error>"
+)
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+#: decides, per request, an HTTP status to answer instead of the server (None: forward)
+Fault = Callable[[str, str], Optional[int]]
+
+
+class FaultProxy:
+    """An HTTP/1.1 forwarder in front of the S3 server that can answer chosen
+    requests with an error instead, or stop accepting connections.
+
+    Requests are passed on byte for byte (the Host header included), so AWS
+    signatures stay valid.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.fault: Optional[Fault] = None
+        self.log: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((HOST, 0))
+        self._sock.listen(64)
+        self.port = int(self._sock.getsockname()[1])
+        self._conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def requests(self, method: str, contains: str = "") -> list[tuple[str, str, int]]:
+        with self._lock:
+            return [r for r in self.log if r[0] == method and contains in r[1]]
+
+    def close(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone
+        # would leave the socket listening until that call returns.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        with self._lock:
+            for c in self._conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+                c.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        upstream = http.client.HTTPConnection(HOST, self.upstream_port, timeout=120)
+        reader = conn.makefile("rb")
+        try:
+            while True:
+                request_line = reader.readline(65536)
+                if not request_line:
+                    return
+                method, target, _ = request_line.decode("latin-1").split(" ", 2)
+                headers: list[tuple[str, str]] = []
+                length = 0
+                while True:
+                    line = reader.readline(65536).decode("latin-1")
+                    if line in ("\r\n", "\n", ""):
+                        break
+                    name, _, value = line.partition(":")
+                    headers.append((name.strip(), value.strip()))
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                body = reader.read(length) if length else b""
+                status = self.fault(method, target) if self.fault else None
+                if status is not None:
+                    payload = b"" if method == "HEAD" else _ERROR_BODY
+                    conn.sendall(
+                        f"HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\n"
+                        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                        + payload
+                    )
+                    with self._lock:
+                        self.log.append((method, target, status))
+                    continue
+                upstream.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+                for name, value in headers:
+                    upstream.putheader(name, value)
+                upstream.endheaders(body if body else None)
+                response = upstream.getresponse()
+                data = response.read()
+                out = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
+                for name, value in response.getheaders():
+                    if name.lower() not in _HOP_BY_HOP:
+                        out.append(f"{name}: {value}\r\n")
+                if method == "HEAD":
+                    clen = response.getheader("Content-Length", "0")
+                    out.append(f"Content-Length: {clen}\r\n\r\n")
+                    data = b""
+                else:
+                    out.append(f"Content-Length: {len(data)}\r\n\r\n")
+                conn.sendall("".join(out).encode("latin-1") + data)
+                with self._lock:
+                    self.log.append((method, target, response.status))
+        except (OSError, ValueError, http.client.HTTPException):
+            return
+        finally:
+            upstream.close()
+            with contextlib.suppress(OSError):
+                conn.close()

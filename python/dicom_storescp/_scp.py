@@ -247,9 +247,7 @@ def _s3_options(config: object) -> dict[str, Any]:
         "secret_key": secret_key,
         "session_token": session_token,
         "path_style": _check_bool("s3_config path_style", path_style),
-        "check_on_start": _check_bool(
-            "s3_config check_on_start", cfg.get("check_on_start", True)
-        ),
+        "check_on_start": _check_bool("s3_config check_on_start", cfg.get("check_on_start", True)),
         "part_size": sized("part_size", 8 * _MIB),
         "multipart_threshold": sized("multipart_threshold", 8 * _MIB),
         "part_concurrency": _check_int(

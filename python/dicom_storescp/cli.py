@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, cast
 
 from . import __version__
 from ._scp import EVENT_NAMES, StoreScp
-from ._types import S3Config
+from ._types import S3Config, StorageBackend
 
 
 def _csv(value: str) -> list[str]:
@@ -31,7 +31,15 @@ def _seconds_or_none(value: str) -> Optional[float]:
     return float(value)
 
 
-_SIZE_UNITS = {"": 1, "K": 1024, "KI": 1024, "M": 1024**2, "MI": 1024**2, "G": 1024**3, "GI": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "K": 1024,
+    "KI": 1024,
+    "M": 1024**2,
+    "MI": 1024**2,
+    "G": 1024**3,
+    "GI": 1024**3,
+}
 
 
 def _size(value: str) -> int:
@@ -229,7 +237,9 @@ def _s3_config(args: argparse.Namespace) -> Optional[dict[str, Any]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    backend = args.storage_backend or ("S3" if args.s3_bucket is not None else "Filesystem")
+    backend: StorageBackend = args.storage_backend or (
+        "S3" if args.s3_bucket is not None else "Filesystem"
+    )
     if backend == "S3" and args.s3_bucket is None:
         parser.error("--storage-backend S3 needs --s3-bucket")
     if backend == "Filesystem" and args.s3_bucket is not None:
