@@ -211,7 +211,7 @@ mod tests {
         bad(|c| c.max_pdu_length = 10, "max_pdu_length");
         bad(|c| c.out_dir = None, "out_dir");
         bad(
-            |c| c.backend = Backend::S3(Box::new(S3Settings::default())),
+            |c| c.backend = Backend::S3(Box::default()),
             "s3_config bucket",
         );
         bad(

@@ -209,16 +209,17 @@ def _s3_options(config: object) -> dict[str, Any]:
     if endpoint is not None:
         endpoint = _check_endpoint(_check_s3_text("endpoint", endpoint))
 
-    # Credentials: both keys from s3_config, or both from the environment
-    # (a session token only comes along with keys from the same place).
+    # Each key falls back to its variable; the session token only when the
+    # access key came from the environment too (never mixed into explicit keys).
     access_key = cfg.get("access_key")
     secret_key = cfg.get("secret_key")
     session_token = cfg.get("session_token")
-    if access_key is None and secret_key is None:
+    if access_key is None:
         access_key = _env("AWS_ACCESS_KEY_ID")
-        secret_key = _env("AWS_SECRET_ACCESS_KEY")
         if session_token is None:
             session_token = _env("AWS_SESSION_TOKEN")
+    if secret_key is None:
+        secret_key = _env("AWS_SECRET_ACCESS_KEY")
     if access_key is None or secret_key is None:
         raise ValueError(
             "s3_config access_key and secret_key are required (or set AWS_ACCESS_KEY_ID "

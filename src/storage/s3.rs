@@ -375,6 +375,9 @@ fn describe(e: &S3Error, endpoint: &str, timeout: Duration) -> Failure {
             transient: true,
             code: None,
         },
+        S3Error::Reqwest(re) if re.is_builder() => {
+            Failure::permanent(format!("cannot build a request: {}", root_cause(re)))
+        }
         S3Error::Reqwest(re) => {
             let message = if re.is_timeout() {
                 format!(
