@@ -49,6 +49,8 @@ const S3_MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 const BUFFER_BUDGET: u64 = 256 * MIB;
 /// The HTTP layer copies each request body once more.
 const BODY_COPIES: u64 = 2;
+/// Longest wait for one attempt of the start check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Name of the spool directory inside `out_dir` (as for the filesystem backend).
 pub const SPOOL_DIR_NAME: &str = super::fs::SPOOL_DIR_NAME;
 
@@ -567,6 +569,9 @@ pub struct S3Storage {
     region: String,
     content_type: &'static str,
     spool: SpoolDir,
+    /// Spool files are `O_TMPFILE`s (never visible, gone even if the
+    /// process is killed): the upload reads them through the handle.
+    anonymous: bool,
     policy: RetryPolicy,
     part_size: u64,
     multipart_threshold: u64,
@@ -640,6 +645,9 @@ impl S3Storage {
             bucket.set_subdomain_style();
         }
         let spool = SpoolDir::create(out_dir)?;
+        let anonymous = SpoolFile::create_anonymous(spool.path())
+            .map(|f| !f.is_named())
+            .unwrap_or(false);
         let part_concurrency = settings.part_concurrency.max(1);
         let budget = BUFFER_BUDGET
             .max(settings.multipart_threshold * BODY_COPIES)
@@ -657,6 +665,7 @@ impl S3Storage {
                 "application/octet-stream"
             },
             spool,
+            anonymous,
             policy: RetryPolicy {
                 max_retries: settings.max_retries,
                 timeout: settings.request_timeout,
@@ -687,10 +696,16 @@ impl S3Storage {
     /// List at most one key of the bucket: proves that the endpoint
     /// answers, the bucket exists and the credentials are accepted (needs
     /// `s3:ListBucket`). Without a prefix: stores disagree on how a `/` in
-    /// a query parameter is signed.
+    /// a query parameter is signed. Bounded for a prompt answer at start:
+    /// at most [`CHECK_TIMEOUT`] per attempt and two retries.
     pub async fn check(&self) -> Result<(), StorageError> {
         let bucket = &self.bucket;
-        retrying(self.policy, &self.endpoint, || {
+        let policy = RetryPolicy {
+            max_retries: self.policy.max_retries.min(2),
+            timeout: self.policy.timeout.min(CHECK_TIMEOUT),
+            ..self.policy
+        };
+        retrying(policy, &self.endpoint, || {
             bucket.list_page(String::new(), None, None, None, Some(1))
         })
         .await
@@ -937,6 +952,10 @@ impl Storage for S3Storage {
         self.spool.path()
     }
 
+    fn anonymous_spool(&self) -> bool {
+        self.anonymous
+    }
+
     fn commit(
         &self,
         object: Spooled,
@@ -1095,6 +1114,11 @@ mod tests {
         let storage = S3Storage::new(&s, None, false).unwrap();
         let dir = storage.spool_dir().to_path_buf();
         assert!(dir.is_dir());
+        #[cfg(target_os = "linux")]
+        assert!(
+            storage.anonymous_spool(),
+            "O_TMPFILE expected in the temp dir"
+        );
         drop(storage);
         assert!(!dir.exists());
 
@@ -1121,7 +1145,7 @@ mod tests {
         assert!(err.contains("cannot connect"), "{err}");
         assert!(err.contains("after 2 attempts"), "{err}");
 
-        let mut spool = SpoolFile::create(storage.spool_dir()).unwrap();
+        let mut spool = SpoolFile::create_anonymous(storage.spool_dir()).unwrap();
         std::io::Write::write_all(&mut spool.file, &[0u8; 4096]).unwrap();
         spool.len = 4096;
         let key = ObjectKey {
