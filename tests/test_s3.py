@@ -187,6 +187,42 @@ def test_large_object_goes_up_in_parts_bit_exact(
     assert_incoming_empty(s3.out_dir)
 
 
+def test_parallel_senders_upload_concurrently(
+    scp_factory: Callable[..., RunningScp],
+    moto: MotoS3,
+    bucket: str,
+    base_dataset_file: Path,
+    big_file: Prepared,
+    tmp_path: Path,
+) -> None:
+    """Three associations at once, one of them sending the 30 MB object: every
+    object arrives intact, nothing is left in the spool."""
+    scp = s3_scp(scp_factory, moto, bucket, prefix="p/")
+    batches = [generate_objects(base_dataset_file, tmp_path / f"s{i}", 15) for i in range(2)]
+    results: list[list[int]] = [[], [], []]
+    paths = [[p.path for p in batches[0]], [p.path for p in batches[1]], [big_file.path]]
+    threads = [
+        threading.Thread(
+            target=lambda i=i: results[i].extend(send_with_pynetdicom(scp.port, paths[i]))
+        )
+        for i in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == [[0] * 15, [0] * 15, [0]]
+    sent = [*batches[0], *batches[1], big_file]
+    events = by_sop_uid(scp.log.wait_for("OnFileStored", len(sent)))
+    keys = moto.keys(bucket, "p/")
+    assert set(keys) == {key_of(p, "p/") for p in sent}
+    for p in sent:
+        assert keys[key_of(p, "p/")] == events[p.sop_instance_uid]["size"]
+    big = moto.get(bucket, key_of(big_file, "p/"))
+    assert big == encode(pydicom.dcmread(big_file.path), False, True)
+    assert_incoming_empty(scp.out_dir)
+
+
 # --------------------------------------------------------------------------
 # Refused credentials, missing bucket, unreachable endpoint
 # --------------------------------------------------------------------------

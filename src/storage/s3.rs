@@ -134,7 +134,8 @@ fn is_bucket_name(name: &str) -> bool {
 }
 
 /// Key prefixes are kept to the characters that every store signs and
-/// encodes alike (S3-compatible servers disagree on `+`, `!`, `*`, ...).
+/// encodes alike: S3-compatible servers disagree on the signature of keys
+/// with `+ ! * ( ) ' =` (moto refuses them even from the AWS SDK).
 fn is_prefix(prefix: &str) -> bool {
     !prefix.starts_with('/')
         && prefix.len() <= 512
@@ -1039,6 +1040,22 @@ mod tests {
         let err = s.validate().unwrap_err();
         assert!(!err.contains("wJalrXUtnFEMI"), "{err}");
         settings().validate().unwrap();
+    }
+
+    #[test]
+    fn addressing_style_is_selectable() {
+        let mut s = settings();
+        s.endpoint = Some("http://minio.local:9000".into());
+        let path = S3Storage::new(&s, None, false).unwrap();
+        assert_eq!(path.bucket.url(), "http://minio.local:9000/dicom");
+        s.path_style = false;
+        let host = S3Storage::new(&s, None, false).unwrap();
+        assert_eq!(host.bucket.url(), "http://dicom.minio.local:9000");
+        s.endpoint = None;
+        s.region = "eu-west-1".into();
+        let aws = S3Storage::new(&s, None, false).unwrap();
+        assert_eq!(aws.bucket.url(), "https://dicom.s3.eu-west-1.amazonaws.com");
+        assert_eq!(aws.bucket.region().to_string(), "eu-west-1");
     }
 
     #[test]
