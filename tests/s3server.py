@@ -72,6 +72,14 @@ class MotoS3:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
+        try:
+            self._bootstrap()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _bootstrap(self) -> None:
         self._wait_ready()
         iam = boto3.client(
             "iam",
@@ -85,7 +93,6 @@ class MotoS3:
         iam.put_user_policy(UserName="dicom-storescp", PolicyName="all", PolicyDocument=_POLICY)
         self.access_key = key["AccessKeyId"]
         self.secret_key = key["SecretAccessKey"]
-        return self
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
