@@ -798,7 +798,7 @@ pub(crate) mod tests {
         out_dir: &std::path::Path,
     ) -> (Arc<ServerContext>, std::sync::mpsc::Receiver<Event>) {
         let config = ServerConfig {
-            out_dir: out_dir.to_path_buf(),
+            out_dir: Some(out_dir.to_path_buf()),
             ..ServerConfig::default()
         };
         let storage = Arc::new(FilesystemStorage::new(out_dir).unwrap());
