@@ -683,11 +683,12 @@ impl Session {
                 self.ctx.events.log(Level::Info, || {
                     format!(
                         "stored {} ({} bytes) from {}",
-                        outcome.stored.location, outcome.stored.size, self.peer
+                        outcome.stored.uri, outcome.stored.size, self.peer
                     )
                 });
                 let file_stored = FileStored {
                     file: outcome.stored.location,
+                    uri: outcome.stored.uri,
                     sop_instance_uid: outcome.key.sop_instance_uid,
                     sop_class_uid: header
                         .get(crate::header::SOP_CLASS_UID)
@@ -802,7 +803,7 @@ pub(crate) mod tests {
         out_dir: &std::path::Path,
     ) -> (Arc<ServerContext>, std::sync::mpsc::Receiver<Event>) {
         let config = ServerConfig {
-            out_dir: out_dir.to_path_buf(),
+            out_dir: Some(out_dir.to_path_buf()),
             ..ServerConfig::default()
         };
         let storage = Arc::new(FilesystemStorage::new(out_dir).unwrap());

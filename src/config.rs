@@ -6,10 +6,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::negotiation::{storable_transfer_syntaxes, AbstractSyntaxPolicy, NegotiationPolicy};
+use crate::storage::s3::S3Settings;
 
 /// Smallest and largest `max_pdu_length` accepted.
 pub const MIN_PDU_LENGTH: u32 = 4096;
 pub const MAX_PDU_LENGTH: u32 = crate::pdu::NON_STRICT_PDU_CEILING;
+
+/// Where objects go.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// `{out_dir}/{study}/{series}/{sop}.dcm`
+    #[default]
+    Filesystem,
+    /// `{prefix}{study}/{series}/{sop}.dcm` in a bucket.
+    S3(Box<S3Settings>),
+}
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -18,7 +29,10 @@ pub struct ServerConfig {
     pub ae_title: String,
     pub max_pdu_length: u32,
     pub strict: bool,
-    pub out_dir: PathBuf,
+    /// Required for the filesystem backend; with S3, where spool files go
+    /// (a temporary directory when `None`).
+    pub out_dir: Option<PathBuf>,
+    pub backend: Backend,
     pub store_with_file_meta: bool,
     pub abstract_syntax_mode: String,
     pub abstract_syntaxes: Vec<String>,
@@ -44,7 +58,8 @@ impl Default for ServerConfig {
             ae_title: "STORE-SCP".into(),
             max_pdu_length: 16384,
             strict: false,
-            out_dir: PathBuf::from("./dicom-storage"),
+            out_dir: Some(PathBuf::from("./dicom-storage")),
+            backend: Backend::Filesystem,
             store_with_file_meta: false,
             abstract_syntax_mode: "AllStorage".into(),
             abstract_syntaxes: Vec::new(),
@@ -85,6 +100,13 @@ impl ServerConfig {
                 "max_pdu_length {} must be between {MIN_PDU_LENGTH} and {MAX_PDU_LENGTH}",
                 self.max_pdu_length
             ));
+        }
+        match &self.backend {
+            Backend::Filesystem if self.out_dir.is_none() => {
+                return Err("out_dir is required when storage_backend is \"Filesystem\"".into())
+            }
+            Backend::Filesystem => {}
+            Backend::S3(s3) => s3.validate()?,
         }
         if self.max_associations == 0 {
             return Err("max_associations must be at least 1".into());
@@ -211,6 +233,11 @@ mod tests {
         bad(|c| c.ae_title = String::new(), "ae_title");
         bad(|c| c.ae_title = "X".repeat(17), "ae_title");
         bad(|c| c.max_pdu_length = 10, "max_pdu_length");
+        bad(|c| c.out_dir = None, "out_dir");
+        bad(
+            |c| c.backend = Backend::S3(Box::default()),
+            "s3_config bucket",
+        );
         bad(
             |c| c.abstract_syntax_mode = "Custom".into(),
             "abstract_syntaxes",

@@ -18,7 +18,10 @@ pub type GroupedTags = Vec<(String, Vec<(String, String)>)>;
 
 #[derive(Debug, Clone)]
 pub struct FileStored {
+    /// File path (filesystem) or object key (S3).
     pub file: String,
+    /// `file://...` or `s3://bucket/key`.
+    pub uri: String,
     pub sop_instance_uid: String,
     pub sop_class_uid: String,
     pub transfer_syntax_uid: String,

@@ -10,9 +10,10 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::config::ServerConfig;
+use crate::config::{Backend, ServerConfig};
 use crate::events::{ErrorInfo, Event, Events, FileStored, GroupedTags, Rejected};
 use crate::server::{Server, StartError};
+use crate::storage::s3::{S3Settings, Secret};
 
 /// Options as the facade passes them (already checked there).
 #[derive(FromPyObject)]
@@ -23,7 +24,9 @@ struct Options {
     ae_title: String,
     max_pdu_length: u32,
     strict: bool,
-    out_dir: PathBuf,
+    out_dir: Option<PathBuf>,
+    storage_backend: String,
+    s3: Option<S3Options>,
     store_with_file_meta: bool,
     abstract_syntax_mode: String,
     abstract_syntaxes: Vec<String>,
@@ -41,6 +44,50 @@ struct Options {
     verbose: bool,
 }
 
+/// `s3_config` as the facade passes it: every key present, environment
+/// fallbacks resolved.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct S3Options {
+    bucket: String,
+    prefix: String,
+    region: String,
+    endpoint: Option<String>,
+    access_key: String,
+    secret_key: String,
+    session_token: Option<String>,
+    path_style: bool,
+    check_on_start: bool,
+    part_size: u64,
+    multipart_threshold: u64,
+    part_concurrency: usize,
+    request_timeout: f64,
+    max_retries: u32,
+}
+
+impl S3Options {
+    fn into_settings(self) -> PyResult<S3Settings> {
+        let request_timeout = duration("s3_config request_timeout", Some(self.request_timeout))?
+            .unwrap_or(Duration::from_secs(60));
+        Ok(S3Settings {
+            bucket: self.bucket,
+            prefix: self.prefix,
+            region: self.region,
+            endpoint: self.endpoint,
+            access_key: self.access_key,
+            secret_key: Secret::new(self.secret_key),
+            session_token: self.session_token.map(Secret::new),
+            path_style: self.path_style,
+            check_on_start: self.check_on_start,
+            part_size: self.part_size,
+            multipart_threshold: self.multipart_threshold,
+            part_concurrency: self.part_concurrency,
+            request_timeout,
+            max_retries: self.max_retries,
+        })
+    }
+}
+
 fn duration(name: &str, v: Option<f64>) -> PyResult<Option<Duration>> {
     match v {
         None => Ok(None),
@@ -53,7 +100,22 @@ fn duration(name: &str, v: Option<f64>) -> PyResult<Option<Duration>> {
 
 impl Options {
     fn into_config(self) -> PyResult<ServerConfig> {
+        let backend = match (self.storage_backend.as_str(), self.s3) {
+            ("Filesystem", _) => Backend::Filesystem,
+            ("S3", Some(s3)) => Backend::S3(Box::new(s3.into_settings()?)),
+            ("S3", None) => {
+                return Err(PyValueError::new_err(
+                    "s3_config with a bucket is required when storage_backend is \"S3\"",
+                ))
+            }
+            (other, _) => {
+                return Err(PyValueError::new_err(format!(
+                    "storage_backend {other:?} must be \"Filesystem\" or \"S3\""
+                )))
+            }
+        };
         let config = ServerConfig {
+            backend,
             acse_timeout: duration("acse_timeout", self.acse_timeout)?,
             dimse_timeout: duration("dimse_timeout", self.dimse_timeout)?,
             idle_timeout: duration("idle_timeout", self.idle_timeout)?,
@@ -205,6 +267,7 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyDict>> {
         Event::FileStored(f) => {
             let FileStored {
                 file,
+                uri,
                 sop_instance_uid,
                 sop_class_uid,
                 transfer_syntax_uid,
@@ -217,6 +280,7 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyDict>> {
             } = *f;
             d.set_item("event", "OnFileStored")?;
             d.set_item("file", file)?;
+            d.set_item("uri", uri)?;
             d.set_item("sop_instance_uid", sop_instance_uid)?;
             d.set_item("sop_class_uid", sop_class_uid)?;
             d.set_item("transfer_syntax_uid", transfer_syntax_uid)?;

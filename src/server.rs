@@ -11,9 +11,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::association::{self, ServerContext};
-use crate::config::ServerConfig;
+use crate::config::{Backend, ServerConfig};
 use crate::events::{Event, Events, Level};
 use crate::storage::fs::FilesystemStorage;
+use crate::storage::s3::S3Storage;
 use crate::storage::Storage;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +58,17 @@ impl Server {
     pub fn start(config: ServerConfig, events: Events) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         let tls = config.tls().map_err(StartError::Config)?;
-        let storage: Arc<dyn Storage> = Arc::new(
-            FilesystemStorage::new(&config.out_dir)
-                .map_err(|e| StartError::Storage(e.to_string()))?,
-        );
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("dicom-storescp")
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
+        let storage = open_storage(&config, &runtime, &events)?;
         let addr = resolve(&config.host, config.port)?;
         let std_listener = std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind {
             addr: addr.to_string(),
@@ -70,21 +78,6 @@ impl Server {
             .set_nonblocking(true)
             .map_err(StartError::Runtime)?;
         let local_addr = std_listener.local_addr().map_err(StartError::Runtime)?;
-
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 8);
-        let workers = std::env::var("DICOM_STORESCP_WORKERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(workers);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("dicom-storescp")
-            .enable_all()
-            .build()
-            .map_err(StartError::Runtime)?;
         let listener = {
             let _guard = runtime.enter();
             TcpListener::from_std(std_listener).map_err(StartError::Runtime)?
@@ -141,6 +134,53 @@ impl Drop for Server {
     fn drop(&mut self) {
         if self.runtime.is_some() {
             self.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The configured backend, ready (S3: the bucket answered, unless the
+/// check is switched off).
+fn open_storage(
+    config: &ServerConfig,
+    runtime: &tokio::runtime::Runtime,
+    events: &Events,
+) -> Result<Arc<dyn Storage>, StartError> {
+    let storage_error = |e: crate::storage::StorageError| StartError::Storage(e.to_string());
+    match &config.backend {
+        Backend::Filesystem => {
+            let out_dir = config.out_dir.as_deref().ok_or_else(|| {
+                StartError::Config(
+                    "out_dir is required when storage_backend is \"Filesystem\"".into(),
+                )
+            })?;
+            Ok(Arc::new(
+                FilesystemStorage::new(out_dir).map_err(storage_error)?,
+            ))
+        }
+        Backend::S3(settings) => {
+            let storage = {
+                // the HTTP client is built inside the runtime
+                let _guard = runtime.enter();
+                S3Storage::new(
+                    settings,
+                    config.out_dir.as_deref(),
+                    config.store_with_file_meta,
+                )
+                .map_err(storage_error)?
+            };
+            if settings.check_on_start {
+                runtime.block_on(storage.check()).map_err(storage_error)?;
+            }
+            events.log(Level::Info, || {
+                format!(
+                    "storing to s3://{}/{} at {} (spool: {})",
+                    storage.bucket_name(),
+                    settings.prefix,
+                    storage.endpoint(),
+                    storage.spool_dir().display()
+                )
+            });
+            Ok(Arc::new(storage))
         }
     }
 }

@@ -189,8 +189,8 @@ def test_unknown_keyword_rejected(tmp_path: Path) -> None:
     assert "no_such_option" in str(info.value)
 
 
-def test_s3_backend_not_implemented(tmp_path: Path) -> None:
-    with pytest.raises(NotImplementedError):
+def test_s3_backend_without_bucket(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"s3_config.*bucket|bucket.*s3_config"):
         _construct_and_start(port=0, out_dir=str(tmp_path), host=HOST, storage_backend="S3")
 
 

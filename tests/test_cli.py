@@ -24,7 +24,7 @@ LAUNCHERS = {
 
 
 class Cli:
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.argv = argv
         self.proc = subprocess.Popen(
             argv,
@@ -34,7 +34,11 @@ class Cli:
             text=True,
             # Like a real pipeline reader: output must be flushed per line by the
             # program itself, not by an inherited PYTHONUNBUFFERED.
-            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+            env={
+                k: v
+                for k, v in (os.environ if env is None else env).items()
+                if k != "PYTHONUNBUFFERED"
+            },
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []

@@ -22,7 +22,7 @@ fn harness() -> &'static Harness {
     H.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = ServerConfig {
-            out_dir: dir.path().to_path_buf(),
+            out_dir: Some(dir.path().to_path_buf()),
             acse_timeout: None,
             dimse_timeout: None,
             idle_timeout: None,

@@ -108,6 +108,169 @@ def _resolve_uids(
     return out
 
 
+_MIB = 1024 * 1024
+_S3_KEYS = (
+    "bucket",
+    "prefix",
+    "region",
+    "endpoint",
+    "access_key",
+    "secret_key",
+    "session_token",
+    "path_style",
+    "check_on_start",
+    "part_size",
+    "multipart_threshold",
+    "part_concurrency",
+    "request_timeout",
+    "max_retries",
+)
+_S3_SECRETS = ("secret_key", "session_token")
+
+
+def _env(name: str) -> Optional[str]:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _check_s3_text(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value or any(ord(c) < 0x20 for c in value):
+        if key in _S3_SECRETS:
+            # never echo a credential
+            raise ValueError(f"s3_config {key} must be a non-empty string")
+        raise ValueError(f"s3_config {key} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _check_endpoint(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    host = rest[:-1] if rest.endswith("/") else rest
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError("s3_config endpoint must start with http:// or https://")
+    if "@" in host:
+        raise ValueError("s3_config endpoint must not contain credentials")
+    if not host or any(c.isspace() or c in "/?#" for c in host):
+        raise ValueError(
+            f"s3_config endpoint must be http(s)://host[:port] without a path, not {value!r}"
+        )
+    return value
+
+
+def _is_bucket_name(value: str) -> bool:
+    return 0 < len(value) <= 255 and all(c.isascii() and (c.isalnum() or c in ".-_") for c in value)
+
+
+def _s3_options(config: object) -> dict[str, Any]:
+    """Validate ``s3_config`` and resolve its environment fallbacks."""
+    if config is None:
+        raise ValueError("s3_config with a bucket is required when storage_backend is 'S3'")
+    if not isinstance(config, Mapping):
+        raise ValueError("s3_config must be a dict (see S3Config)")
+    unknown = sorted(str(k) for k in config if k not in _S3_KEYS)
+    if unknown:
+        raise ValueError(
+            f"s3_config: unknown key(s) {', '.join(unknown)}; known: {', '.join(_S3_KEYS)}"
+        )
+    cfg = dict(config)
+
+    bucket = cfg.get("bucket")
+    if bucket is None:
+        raise ValueError("s3_config bucket is required when storage_backend is 'S3'")
+    if not isinstance(bucket, str) or not _is_bucket_name(bucket):
+        raise ValueError(
+            f"s3_config bucket must be a bucket name (letters, digits, '.', '-', '_'), "
+            f"not {bucket!r}"
+        )
+    prefix = cfg.get("prefix", "")
+    if (
+        not isinstance(prefix, str)
+        or prefix.startswith("/")
+        or len(prefix) > 512
+        or not all(c.isascii() and (c.isalnum() or c in "/.-_") for c in prefix)
+    ):
+        raise ValueError(
+            "s3_config prefix may only contain letters, digits, '/', '.', '-' and '_', must not "
+            f"start with '/' and is at most 512 characters, not {prefix!r}"
+        )
+
+    region = cfg.get("region")
+    if region is None:
+        region = _env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or "us-east-1"
+    if (
+        not isinstance(region, str)
+        or not region
+        or not all(c.isascii() and (c.isalnum() or c in "-_") for c in region)
+    ):
+        raise ValueError(f"s3_config region must be a region name, not {region!r}")
+
+    endpoint = cfg.get("endpoint")
+    if endpoint is None:
+        endpoint = _env("AWS_ENDPOINT_URL_S3") or _env("AWS_ENDPOINT_URL")
+    if endpoint is not None:
+        endpoint = _check_endpoint(_check_s3_text("endpoint", endpoint))
+
+    # Each key falls back to its variable; the session token only when the
+    # access key came from the environment too (never mixed into explicit keys).
+    access_key = cfg.get("access_key")
+    secret_key = cfg.get("secret_key")
+    session_token = cfg.get("session_token")
+    if access_key is None:
+        access_key = _env("AWS_ACCESS_KEY_ID")
+        if session_token is None:
+            session_token = _env("AWS_SESSION_TOKEN")
+    if secret_key is None:
+        secret_key = _env("AWS_SECRET_ACCESS_KEY")
+    if access_key is None or secret_key is None:
+        raise ValueError(
+            "s3_config access_key and secret_key are required (or set AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY in the environment)"
+        )
+    access_key = _check_s3_text("access_key", access_key)
+    secret_key = _check_s3_text("secret_key", secret_key)
+    if session_token is not None:
+        session_token = _check_s3_text("session_token", session_token)
+
+    path_style = cfg.get("path_style")
+    if path_style is None:
+        # S3-compatible servers (MinIO, Ceph, moto) are usually addressed by
+        # path; AWS by virtual host.
+        path_style = endpoint is not None
+
+    def sized(key: str, default: int) -> int:
+        return _check_int(f"s3_config {key}", cfg.get(key, default), 5 * _MIB, 512 * _MIB)
+
+    return {
+        "bucket": bucket,
+        "prefix": prefix,
+        "region": region,
+        "endpoint": endpoint,
+        "access_key": access_key,
+        "secret_key": secret_key,
+        "session_token": session_token,
+        "path_style": _check_bool("s3_config path_style", path_style),
+        "check_on_start": _check_bool("s3_config check_on_start", cfg.get("check_on_start", True)),
+        "part_size": sized("part_size", 8 * _MIB),
+        "multipart_threshold": sized("multipart_threshold", 8 * _MIB),
+        "part_concurrency": _check_int(
+            "s3_config part_concurrency", cfg.get("part_concurrency", 4), 1, 64
+        ),
+        "request_timeout": _check_seconds(
+            "s3_config request_timeout", cfg.get("request_timeout", 60.0), allow_none=False
+        ),
+        "max_retries": _check_int("s3_config max_retries", cfg.get("max_retries", 3), 0, 20),
+    }
+
+
+def _redacted(options: dict[str, Any]) -> dict[str, Any]:
+    """The options without credentials (what the facade keeps around)."""
+    out = dict(options)
+    if out.get("s3") is not None:
+        out["s3"] = {
+            k: ("***" if k in _S3_SECRETS and v is not None else v) for k, v in out["s3"].items()
+        }
+    return out
+
+
 def _not_yet(option: str) -> NoReturn:
     raise NotImplementedError(
         f"option {option!r} is not implemented yet in this version of dicom-storescp"
@@ -164,15 +327,19 @@ class StoreScp:
         if not isinstance(host, str) or not host:
             raise ValueError(f"host must be a non-empty string, not {host!r}")
         backend = _check_choice("storage_backend", storage_backend, ("Filesystem", "S3"))
+        s3: Optional[dict[str, Any]] = None
         if backend == "S3":
-            _not_yet("storage_backend='S3'")
-        if s3_config is not None:
-            _not_yet("s3_config")
+            s3 = _s3_options(s3_config)
+        elif s3_config is not None:
+            raise ValueError("s3_config is only used when storage_backend is 'S3'")
+        out_path: Optional[str] = None
         if out_dir is None:
-            raise ValueError("out_dir is required when storage_backend is 'Filesystem'")
-        if not isinstance(out_dir, (str, os.PathLike)):
+            if backend == "Filesystem":
+                raise ValueError("out_dir is required when storage_backend is 'Filesystem'")
+        elif not isinstance(out_dir, (str, os.PathLike)):
             raise ValueError(f"out_dir must be a path, not {out_dir!r}")
-        out_path = os.path.abspath(os.fspath(out_dir))
+        else:
+            out_path = os.path.abspath(os.fspath(out_dir))
 
         if _str_list("extract_tags", extract_tags):
             _not_yet("extract_tags")
@@ -235,6 +402,8 @@ class StoreScp:
             "max_pdu_length": _check_int("max_pdu_length", max_pdu_length, 4096, 16 * 1024 * 1024),
             "strict": _check_bool("strict", strict),
             "out_dir": out_path,
+            "storage_backend": backend,
+            "s3": s3,
             "store_with_file_meta": _check_bool("store_with_file_meta", store_with_file_meta),
             "abstract_syntax_mode": as_mode,
             "abstract_syntaxes": as_uids,
@@ -251,8 +420,8 @@ class StoreScp:
             **{k: None if v is None else os.path.abspath(os.fspath(v)) for k, v in tls.items()},
             "verbose": _check_bool("verbose", verbose),
         }
-        self._options = options
         self._core = _core._Server(options)
+        self._options = _redacted(options)
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENT_NAMES}
         self._lock = threading.Lock()
         self._dispatcher: Optional[threading.Thread] = None
@@ -365,7 +534,12 @@ class StoreScp:
 
     def __repr__(self) -> str:
         state = f"port={self._port}" if self.running else "stopped"
-        return f"StoreScp(ae_title={self._options['ae_title']!r}, {state})"
+        where = (
+            f"s3://{self._options['s3']['bucket']}/{self._options['s3']['prefix']}"
+            if self._options["s3"] is not None
+            else self._options["out_dir"]
+        )
+        return f"StoreScp(ae_title={self._options['ae_title']!r}, storage={where!r}, {state})"
 
 
 def _enable_verbose_logging() -> None:

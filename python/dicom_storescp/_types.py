@@ -21,12 +21,38 @@ class CustomTag(TypedDict):
 
 
 class S3Config(TypedDict, total=False):
+    """``s3_config`` of ``storage_backend="S3"``. Only ``bucket`` is required.
+
+    Credentials come from ``access_key``/``secret_key`` (+ ``session_token``),
+    else from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (+
+    ``AWS_SESSION_TOKEN``); ``region`` from ``AWS_REGION`` /
+    ``AWS_DEFAULT_REGION`` (default ``"us-east-1"``); ``endpoint`` from
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (default: AWS).
+    """
+
     bucket: str
+    #: prepended verbatim to ``{study}/{series}/{sop}.dcm`` (include the ``/``)
+    prefix: str
+    region: str
+    #: ``http(s)://host[:port]`` of an S3-compatible server
+    endpoint: str
     access_key: str
     secret_key: str
-    endpoint: str
-    region: str
-    prefix: str
+    session_token: str
+    #: default: True with an ``endpoint``, False for AWS (virtual-host addressing)
+    path_style: bool
+    #: list the bucket at ``start()`` and fail if that fails (default True)
+    check_on_start: bool
+    #: bytes per multipart part (5 MiB to 512 MiB, default 8 MiB)
+    part_size: int
+    #: objects larger than this go up as multipart uploads (default 8 MiB)
+    multipart_threshold: int
+    #: parts of one upload in flight at once (1 to 64, default 4)
+    part_concurrency: int
+    #: seconds per request (default 60)
+    request_timeout: float
+    #: retries of a request that failed transiently (0 to 20, default 3)
+    max_retries: int
 
 
 class ServerStartedEvent(TypedDict):
@@ -36,7 +62,10 @@ class ServerStartedEvent(TypedDict):
 
 
 class FileStoredEvent(TypedDict):
+    #: the file's path (Filesystem) or the object key (S3)
     file: str
+    #: ``file:///...`` (Filesystem) or ``s3://bucket/key`` (S3)
+    uri: str
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str

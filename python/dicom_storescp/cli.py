@@ -14,10 +14,11 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from . import __version__
 from ._scp import EVENT_NAMES, StoreScp
+from ._types import S3Config, StorageBackend
 
 
 def _csv(value: str) -> list[str]:
@@ -28,6 +29,35 @@ def _seconds_or_none(value: str) -> Optional[float]:
     if value.lower() in ("none", "0", "off"):
         return None
     return float(value)
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "K": 1024,
+    "KI": 1024,
+    "M": 1024**2,
+    "MI": 1024**2,
+    "G": 1024**3,
+    "GI": 1024**3,
+}
+
+
+def _size(value: str) -> int:
+    """Bytes, with an optional binary unit: 8388608, 8M, 8MiB."""
+    text = value.strip().upper().removesuffix("B")
+    digits = text.rstrip("KMGI")
+    unit = text[len(digits) :]
+    if not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (e.g. 8388608, 8M, 8MiB)")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
+def _read_secret(path: str, flag: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot read {path}: {e.strerror}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +100,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     neg.add_argument("--transfer-syntaxes", type=_csv, default=[], metavar="NAME,UID")
     st = p.add_argument_group("storage")
-    st.add_argument("--out-dir", default="./dicom-storage", help="where files are stored")
+    st.add_argument(
+        "--storage-backend",
+        choices=["Filesystem", "S3"],
+        default=None,
+        help="Filesystem (default) or S3 (the default when --s3-bucket is given)",
+    )
+    st.add_argument(
+        "--out-dir",
+        default=None,
+        help="where files are stored (Filesystem, default ./dicom-storage); with S3, where "
+        "objects are spooled while they arrive (default: a temporary directory)",
+    )
     st.add_argument("--store-with-file-meta", action="store_true", help="write Part-10 files")
+    s3 = p.add_argument_group(
+        "S3 storage",
+        "Credentials, region and endpoint default to AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_SESSION_TOKEN, AWS_REGION and AWS_ENDPOINT_URL from the environment. Secrets are "
+        "never taken as command-line values (visible to every user of the machine): use the "
+        "environment or the *-file flags.",
+    )
+    s3.add_argument("--s3-bucket", help="bucket name (selects the S3 backend)")
+    s3.add_argument("--s3-prefix", default="", help="key prefix, e.g. 'incoming/'")
+    s3.add_argument("--s3-region", help="region (default: $AWS_REGION or us-east-1)")
+    s3.add_argument(
+        "--s3-endpoint", help="http(s)://host:port of an S3-compatible server (MinIO, Ceph)"
+    )
+    s3.add_argument("--s3-access-key", help="access key id (default: $AWS_ACCESS_KEY_ID)")
+    s3.add_argument(
+        "--s3-secret-key-file",
+        metavar="PATH",
+        help="read the secret key from this file (default: $AWS_SECRET_ACCESS_KEY)",
+    )
+    s3.add_argument(
+        "--s3-session-token-file",
+        metavar="PATH",
+        help="read a session token from this file (default: $AWS_SESSION_TOKEN)",
+    )
+    style = s3.add_mutually_exclusive_group()
+    style.add_argument(
+        "--s3-path-style",
+        dest="s3_path_style",
+        action="store_const",
+        const=True,
+        default=None,
+        help="address the bucket by path: endpoint/bucket/key (default with --s3-endpoint)",
+    )
+    style.add_argument(
+        "--s3-virtual-host",
+        dest="s3_path_style",
+        action="store_const",
+        const=False,
+        help="address the bucket by host name: bucket.endpoint/key (default for AWS)",
+    )
+    s3.add_argument(
+        "--s3-no-check",
+        action="store_true",
+        help="do not check the bucket and credentials at start",
+    )
+    s3.add_argument("--s3-part-size", type=_size, metavar="BYTES", help="default 8MiB")
+    s3.add_argument(
+        "--s3-multipart-threshold",
+        type=_size,
+        metavar="BYTES",
+        help="larger objects go up in parts (default 8MiB)",
+    )
+    s3.add_argument("--s3-part-concurrency", type=int, metavar="N", help="default 4")
+    s3.add_argument("--s3-request-timeout", type=float, metavar="SECONDS", help="default 60")
+    s3.add_argument("--s3-max-retries", type=int, metavar="N", help="default 3")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print events as JSON lines")
     out.add_argument("--verbose", "-v", action="store_true", help="log associations and files")
@@ -83,8 +179,9 @@ def _emit(args: argparse.Namespace, name: str, event: Any) -> None:
         line = json.dumps({"event": name, **event})
         print(line, flush=True)
     elif name == "OnFileStored":
+        where = event["uri"] if event["uri"].startswith("s3://") else event["file"]
         print(
-            f"stored {event['file']} ({event['size']} bytes) from "
+            f"stored {where} ({event['size']} bytes) from "
             f"{event['calling_ae_title']} {event['peer']}",
             flush=True,
         )
@@ -112,9 +209,52 @@ def _printer(args: argparse.Namespace, name: str) -> Callable[[Any], None]:
     return listener
 
 
+def _s3_config(args: argparse.Namespace) -> Optional[dict[str, Any]]:
+    """s3_config from the --s3-* flags (only what was given; the rest falls
+    back to the environment and the defaults)."""
+    if args.s3_bucket is None:
+        return None
+    config: dict[str, Any] = {"bucket": args.s3_bucket, "prefix": args.s3_prefix}
+    for key in (
+        "region",
+        "endpoint",
+        "access_key",
+        "path_style",
+        "part_size",
+        "multipart_threshold",
+        "part_concurrency",
+        "request_timeout",
+        "max_retries",
+    ):
+        value = getattr(args, f"s3_{key}")
+        if value is not None:
+            config[key] = value
+    if args.s3_secret_key_file is not None:
+        config["secret_key"] = _read_secret(args.s3_secret_key_file, "--s3-secret-key-file")
+    if args.s3_session_token_file is not None:
+        config["session_token"] = _read_secret(
+            args.s3_session_token_file, "--s3-session-token-file"
+        )
+    if args.s3_no_check:
+        config["check_on_start"] = False
+    return config
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    backend: StorageBackend = args.storage_backend or (
+        "S3" if args.s3_bucket is not None else "Filesystem"
+    )
+    if backend == "S3" and args.s3_bucket is None:
+        parser.error("--storage-backend S3 needs --s3-bucket")
+    if backend == "Filesystem" and args.s3_bucket is not None:
+        parser.error("--s3-bucket needs --storage-backend S3 (or no --storage-backend)")
+    out_dir = args.out_dir
+    if out_dir is None and backend == "Filesystem":
+        out_dir = "./dicom-storage"
     try:
+        s3_config = _s3_config(args)
         scp = StoreScp(
             port=args.port,
             host=args.host,
@@ -134,7 +274,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             abstract_syntaxes=args.abstract_syntaxes,
             transfer_syntax_mode=args.transfer_syntax_mode,
             transfer_syntaxes=args.transfer_syntaxes,
-            out_dir=args.out_dir,
+            out_dir=out_dir,
+            storage_backend=backend,
+            s3_config=cast(Optional[S3Config], s3_config),
             store_with_file_meta=args.store_with_file_meta,
             verbose=args.verbose,
         )

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{BoxFuture, ObjectKey, SpoolFile, Spooled, Storage, StorageError, Stored};
+use super::{file_uri, BoxFuture, ObjectKey, SpoolFile, Spooled, Storage, StorageError, Stored};
 
 /// Name of the spool directory inside `out_dir`.
 pub const SPOOL_DIR_NAME: &str = ".incoming";
@@ -186,6 +186,7 @@ impl FilesystemStorage {
         placed.map_err(|e| StorageError::io(format!("cannot store {}", target.display()), e))?;
         Ok(Stored {
             location: target.to_string_lossy().into_owned(),
+            uri: file_uri(&target),
             size,
         })
     }

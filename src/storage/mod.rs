@@ -6,6 +6,7 @@
 //! leaves nothing behind.
 
 pub mod fs;
+pub mod s3;
 
 use std::fs::File;
 use std::future::Future;
@@ -26,6 +27,10 @@ pub enum StorageError {
     },
     #[error("storage task failed: {0}")]
     Task(String),
+    /// A remote store refused or failed the operation. The message is ours
+    /// (never a raw response body), so it carries no secrets.
+    #[error("{context}: {message}")]
+    Remote { context: String, message: String },
 }
 
 impl StorageError {
@@ -182,8 +187,35 @@ impl Spooled {
 /// The location of a stored object, as reported in events.
 #[derive(Debug, Clone)]
 pub struct Stored {
+    /// The file path (filesystem) or object key (S3).
     pub location: String,
+    /// The same as a URI: `file:///...` or `s3://bucket/key`.
+    pub uri: String,
     pub size: u64,
+}
+
+/// `file://` URI of an absolute path, percent-encoding every byte outside
+/// RFC 3986's unreserved set and `/`.
+pub fn file_uri(path: &Path) -> String {
+    #[cfg(unix)]
+    let bytes = {
+        use std::os::unix::ffi::OsStrExt;
+        path.as_os_str().as_bytes().to_vec()
+    };
+    #[cfg(not(unix))]
+    let bytes = path.to_string_lossy().replace('\\', "/").into_bytes();
+    let mut out = String::from("file://");
+    if !bytes.starts_with(b"/") {
+        out.push('/');
+    }
+    for &b in &bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A place where complete objects are stored.
@@ -230,6 +262,18 @@ mod tests {
         use std::io::Write;
         spool.file.write_all(b"x").unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn file_uris_are_percent_encoded() {
+        assert_eq!(
+            file_uri(Path::new("/data/1.2/3.dcm")),
+            "file:///data/1.2/3.dcm"
+        );
+        assert_eq!(
+            file_uri(Path::new("/my dir/%é")),
+            "file:///my%20dir/%25%C3%A9"
+        );
     }
 
     #[test]
