@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, NoReturn, Optional, TypeVar, Union, cast
 
@@ -33,6 +34,8 @@ Listener = Callable[[Any], object]
 L = TypeVar("L", bound=Listener)
 
 _DEFAULT_STUDY_TIMEOUT = 30.0
+# Seconds the dispatcher waits after a burst of events before collecting more.
+_BATCH_PAUSE = 0.002
 
 
 def _is_uid(value: str) -> bool:
@@ -570,19 +573,23 @@ def _dispatch_until_closed(
     core: Any, listeners: dict[str, list[Listener]], lock: threading.Lock
 ) -> None:
     while True:
-        event = core.next_event(0.5)
-        if event is None:
-            continue
-        name = event.pop("event")
-        if name == "Closed":
-            return
-        if name == "_Log":
-            logger.log(event["level"], "%s", event["message"])
-            continue
-        with lock:
-            targets = list(listeners.get(name, ()))
-        for listener in targets:
-            try:
-                listener(event)
-            except Exception:
-                logger.exception("listener %r for %s raised", listener, name)
+        batch = core.next_events(0.5)
+        for event in batch:
+            name = event.pop("event")
+            if name == "Closed":
+                return
+            if name == "_Log":
+                logger.log(event["level"], "%s", event["message"])
+                continue
+            with lock:
+                targets = list(listeners.get(name, ()))
+            for listener in targets:
+                try:
+                    listener(event)
+                except Exception:
+                    logger.exception("listener %r for %s raised", listener, name)
+        if len(batch) > 1:
+            # A burst: let the next events gather for a moment, so that busy
+            # reception wakes this thread (and takes the GIL) once per batch
+            # rather than once per object.
+            time.sleep(_BATCH_PAUSE)
