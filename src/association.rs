@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dicom_core::Tag;
 use dicom_object::FileMetaTableBuilder;
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AssociationRJ, AssociationRJResult,
@@ -23,6 +22,8 @@ use crate::negotiation::{
 use crate::pdu::{self, PduError, PduReader};
 use crate::receive::{self, Incoming, SpoolPlace, StoreFailure};
 use crate::storage::{is_valid_uid, Storage};
+use crate::study::{InstanceRecord, StudyTracker};
+use crate::tags::Extraction;
 
 /// Everything an association needs from its server.
 pub struct ServerContext {
@@ -30,7 +31,8 @@ pub struct ServerContext {
     pub policy: NegotiationPolicy,
     pub storage: Arc<dyn Storage>,
     pub events: Events,
-    pub wanted_tags: Arc<Vec<Tag>>,
+    pub extraction: Arc<Extraction>,
+    pub studies: StudyTracker,
     /// Associations refused so far (for log lines; stats come later).
     pub rejected: std::sync::atomic::AtomicU64,
 }
@@ -41,11 +43,15 @@ impl ServerContext {
         storage: Arc<dyn Storage>,
         events: Events,
     ) -> Result<ServerContext, String> {
+        let extraction = Arc::new(config.extraction()?);
+        // The tracker runs on the current runtime (inert outside one).
+        let studies = StudyTracker::spawn(config.study_timeout, extraction.clone(), events.clone());
         Ok(ServerContext {
             policy: config.policy()?,
             storage,
             events,
-            wanted_tags: Arc::new(crate::header::IDENTIFYING_TAGS.to_vec()),
+            extraction,
+            studies,
             rejected: Default::default(),
             config,
         })
@@ -657,7 +663,7 @@ impl Session {
                     offset,
                     &context.transfer_syntax,
                     &sop_instance_uid,
-                    self.ctx.wanted_tags.clone(),
+                    self.ctx.extraction.clone(),
                     self.ctx.storage.as_ref(),
                 )
                 .await
@@ -686,25 +692,48 @@ impl Session {
                         outcome.stored.uri, outcome.stored.size, self.peer
                     )
                 });
+                for warning in &header.warnings {
+                    self.ctx.events.log(Level::Warning, || {
+                        format!(
+                            "{} from {}: {warning}",
+                            outcome.key.sop_instance_uid, self.peer
+                        )
+                    });
+                }
+                let extracted = self.ctx.extraction.extract(header);
+                let sop_class_uid = header
+                    .get(crate::header::SOP_CLASS_UID)
+                    .map(str::to_string)
+                    .unwrap_or(sop_class_uid);
                 let file_stored = FileStored {
-                    file: outcome.stored.location,
-                    uri: outcome.stored.uri,
-                    sop_instance_uid: outcome.key.sop_instance_uid,
-                    sop_class_uid: header
-                        .get(crate::header::SOP_CLASS_UID)
-                        .map(str::to_string)
-                        .unwrap_or(sop_class_uid),
-                    transfer_syntax_uid: context.transfer_syntax,
-                    study_instance_uid: outcome.key.study_instance_uid,
-                    series_instance_uid: outcome.key.series_instance_uid,
+                    file: outcome.stored.location.clone(),
+                    uri: outcome.stored.uri.clone(),
+                    sop_instance_uid: outcome.key.sop_instance_uid.clone(),
+                    sop_class_uid: sop_class_uid.clone(),
+                    transfer_syntax_uid: context.transfer_syntax.clone(),
+                    study_instance_uid: outcome.key.study_instance_uid.clone(),
+                    series_instance_uid: outcome.key.series_instance_uid.clone(),
                     calling_ae_title: self.calling_ae_title.clone(),
                     peer: self.peer.clone(),
                     size: outcome.stored.size,
-                    tags: default_tag_groups(),
+                    tags: self.ctx.extraction.file_tags(&extracted),
                 };
                 self.ctx
                     .events
                     .emit(Event::FileStored(Box::new(file_stored)));
+                self.ctx
+                    .studies
+                    .stored(InstanceRecord {
+                        study_instance_uid: outcome.key.study_instance_uid.into(),
+                        series_instance_uid: outcome.key.series_instance_uid.into(),
+                        sop_instance_uid: outcome.key.sop_instance_uid.into(),
+                        sop_class_uid: sop_class_uid.into(),
+                        transfer_syntax_uid: context.transfer_syntax.into(),
+                        file: outcome.stored.location.into(),
+                        uri: outcome.stored.uri.into(),
+                        tags: extracted,
+                    })
+                    .await;
             }
             Err(f) => {
                 let info = self.error_info(f.message, Some(&sop_instance_uid), Some(f.status));
@@ -756,14 +785,6 @@ impl Session {
             )
         });
     }
-}
-
-/// `tags` of an event before tag extraction is configured.
-pub fn default_tag_groups() -> crate::events::GroupedTags {
-    ["patient", "study", "series", "instance"]
-        .iter()
-        .map(|g| (g.to_string(), Vec::new()))
-        .collect()
 }
 
 /// The 128-byte preamble, `DICM` and the file meta group for one object.

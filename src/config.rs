@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::negotiation::{storable_transfer_syntaxes, AbstractSyntaxPolicy, NegotiationPolicy};
 use crate::storage::s3::S3Settings;
+use crate::tags::{Extraction, Grouping, TagRequest};
 
 /// Smallest and largest `max_pdu_length` accepted.
 pub const MIN_PDU_LENGTH: u32 = 4096;
@@ -48,6 +49,10 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
     pub verbose: bool,
+    pub extract: Vec<TagRequest>,
+    pub grouping_strategy: String,
+    pub custom_groups: Vec<(String, Vec<String>)>,
+    pub study_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +80,10 @@ impl Default for ServerConfig {
             tls_key: None,
             tls_ca: None,
             verbose: false,
+            extract: Vec::new(),
+            grouping_strategy: "ByScope".into(),
+            custom_groups: Vec::new(),
+            study_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -126,6 +135,10 @@ impl ServerConfig {
             }
             _ => {}
         }
+        if self.study_timeout.is_zero() {
+            return Err("study_timeout must be a positive number of seconds".into());
+        }
+        self.extraction()?;
         self.policy().map(|_| ())
     }
 
@@ -137,6 +150,15 @@ impl ServerConfig {
             }
             _ => Ok(None),
         }
+    }
+
+    /// The tag extraction and grouping these options describe.
+    pub fn extraction(&self) -> Result<Extraction, String> {
+        Extraction::new(
+            &self.extract,
+            Grouping::parse(&self.grouping_strategy)?,
+            &self.custom_groups,
+        )
     }
 
     /// The negotiation policy these options describe.
@@ -245,6 +267,12 @@ mod tests {
         bad(
             |c| c.transfer_syntax_mode = "Nope".into(),
             "transfer_syntax_mode",
+        );
+        bad(|c| c.grouping_strategy = "Nope".into(), "grouping_strategy");
+        bad(|c| c.study_timeout = Duration::ZERO, "study_timeout");
+        bad(
+            |c| c.custom_groups = vec![("g".into(), vec![])],
+            "custom_groups",
         );
         bad(
             |c| {

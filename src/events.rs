@@ -63,6 +63,7 @@ pub enum Event {
     },
     FileStored(Box<FileStored>),
     AssociationRejected(Box<Rejected>),
+    StudyCompleted(Box<crate::study::StudyCompleted>),
     Error(Box<ErrorInfo>),
     Log {
         level: Level,

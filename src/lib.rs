@@ -8,12 +8,17 @@
 //! - [`receive`]: streaming an object to a spool, checking it, storing it
 //! - [`storage`]: storage backends behind one trait
 //! - [`header`]: reading UIDs and tags from the head of a data set
+//! - [`charset`]: decoding text per Specific Character Set
+//! - [`tags`]: which tags are extracted, their levels and grouping
+//! - [`study`]: per-server study completion bookkeeping
 //! - [`events`]: the per-server event channel
 //! - [`server`]: listener, runtime, limits, graceful stop
 //! - [`tls`]: DICOM TLS configuration (rustls)
 //! - `python`: the pyo3 binding layer
 
 pub mod association;
+pub mod attribute_levels;
+pub mod charset;
 pub mod config;
 pub mod dimse;
 pub mod events;
@@ -23,6 +28,8 @@ pub mod pdu;
 pub mod receive;
 pub mod server;
 pub mod storage;
+pub mod study;
+pub mod tags;
 pub mod tls;
 pub mod uid_tables;
 

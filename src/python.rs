@@ -10,10 +10,15 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use dicom_core::Tag;
+use pyo3::types::PyList;
+
 use crate::config::{Backend, ServerConfig};
 use crate::events::{ErrorInfo, Event, Events, FileStored, GroupedTags, Rejected};
 use crate::server::{Server, StartError};
 use crate::storage::s3::{S3Settings, Secret};
+use crate::study::StudyCompleted;
+use crate::tags::TagRequest;
 
 /// Options as the facade passes them (already checked there).
 #[derive(FromPyObject)]
@@ -42,6 +47,11 @@ struct Options {
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
     verbose: bool,
+    /// (tag, name, private creator, custom)
+    extract: Vec<(u32, String, Option<String>, bool)>,
+    grouping_strategy: String,
+    custom_groups: Vec<(String, Vec<String>)>,
+    study_timeout: f64,
 }
 
 /// `s3_config` as the facade passes it: every key present, environment
@@ -114,6 +124,18 @@ impl Options {
                 )))
             }
         };
+        let study_timeout =
+            duration("study_timeout", Some(self.study_timeout))?.unwrap_or(Duration::from_secs(30));
+        let extract = self
+            .extract
+            .into_iter()
+            .map(|(tag, name, private_creator, custom)| TagRequest {
+                tag: Tag((tag >> 16) as u16, (tag & 0xFFFF) as u16),
+                name,
+                private_creator,
+                custom,
+            })
+            .collect();
         let config = ServerConfig {
             backend,
             acse_timeout: duration("acse_timeout", self.acse_timeout)?,
@@ -137,6 +159,10 @@ impl Options {
             tls_key: self.tls_key,
             tls_ca: self.tls_ca,
             verbose: self.verbose,
+            extract,
+            grouping_strategy: self.grouping_strategy,
+            custom_groups: self.custom_groups,
+            study_timeout,
         };
         config.validate().map_err(PyValueError::new_err)?;
         Ok(config)
@@ -303,6 +329,36 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyDict>> {
             d.set_item("peer", peer)?;
             d.set_item("size", size)?;
         }
+        Event::StudyCompleted(study) => {
+            let StudyCompleted {
+                study_instance_uid,
+                tags,
+                series,
+            } = *study;
+            d.set_item("event", "OnStudyCompleted")?;
+            d.set_item("study_instance_uid", study_instance_uid)?;
+            d.set_item("tags", tags_to_py(py, tags)?)?;
+            let series_list = PyList::empty(py);
+            for s in series {
+                let sd = PyDict::new(py);
+                sd.set_item("series_instance_uid", s.series_instance_uid)?;
+                sd.set_item("tags", tags_to_py(py, s.tags)?)?;
+                let instances = PyList::empty(py);
+                for i in s.instances {
+                    let id = PyDict::new(py);
+                    id.set_item("sop_instance_uid", i.sop_instance_uid)?;
+                    id.set_item("sop_class_uid", i.sop_class_uid)?;
+                    id.set_item("transfer_syntax_uid", i.transfer_syntax_uid)?;
+                    id.set_item("file", i.file)?;
+                    id.set_item("uri", i.uri)?;
+                    id.set_item("tags", tags_to_py(py, i.tags)?)?;
+                    instances.append(id)?;
+                }
+                sd.set_item("instances", instances)?;
+                series_list.append(sd)?;
+            }
+            d.set_item("series", series_list)?;
+        }
         Event::Error(e) => {
             let ErrorInfo {
                 message,
@@ -399,6 +455,43 @@ fn keyword_for_uid(uid: &str) -> Option<&'static str> {
         .map(|e| e.keyword)
 }
 
+fn tag_from_u32(tag: u32) -> Tag {
+    Tag((tag >> 16) as u16, (tag & 0xFFFF) as u16)
+}
+
+/// `(tag, vr)` of a standard attribute keyword (the full PS3.6 dictionary).
+#[pyfunction]
+fn tag_for_keyword(keyword: &str) -> Option<(u32, String)> {
+    crate::tags::tag_for_keyword(keyword).map(|(t, vr)| {
+        (
+            (u32::from(t.group()) << 16) | u32::from(t.element()),
+            String::from(vr.to_string()),
+        )
+    })
+}
+
+/// `(keyword, vr)` of a standard tag.
+#[pyfunction]
+fn keyword_for_tag(tag: u32) -> Option<(String, String)> {
+    crate::tags::keyword_for_tag(tag_from_u32(tag))
+        .map(|(k, vr)| (k.to_string(), String::from(vr.to_string())))
+}
+
+/// Information-model level of a tag: "patient", "study", "series" or "instance".
+#[pyfunction]
+fn attribute_level(tag: u32) -> &'static str {
+    crate::tags::level_of(tag_from_u32(tag)).name()
+}
+
+/// Every (tag, keyword, level) of the patient, study and series levels.
+#[pyfunction]
+fn attribute_levels() -> Vec<(u32, &'static str, &'static str)> {
+    crate::attribute_levels::ATTRIBUTE_LEVELS
+        .iter()
+        .map(|(t, k, l)| (*t, *k, l.name()))
+        .collect()
+}
+
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -416,5 +509,9 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(storable_transfer_syntax_uids, m)?)?;
     m.add_function(wrap_pyfunction!(uid_for_keyword, m)?)?;
     m.add_function(wrap_pyfunction!(keyword_for_uid, m)?)?;
+    m.add_function(wrap_pyfunction!(tag_for_keyword, m)?)?;
+    m.add_function(wrap_pyfunction!(keyword_for_tag, m)?)?;
+    m.add_function(wrap_pyfunction!(attribute_level, m)?)?;
+    m.add_function(wrap_pyfunction!(attribute_levels, m)?)?;
     Ok(())
 }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use dicom_core::Tag;
 use tokio::task::JoinHandle;
 
+use crate::tags::Extraction;
+
 use crate::dimse::status;
 use crate::header::{self, Header};
 use crate::storage::{is_valid_uid, ObjectKey, SpoolFile, Spooled, Storage, Stored};
@@ -204,7 +206,7 @@ async fn parse_header(
     object: Spooled,
     offset: usize,
     ts: &str,
-    wanted: Arc<Vec<Tag>>,
+    extraction: Arc<Extraction>,
 ) -> Result<(Spooled, Header), StoreFailure> {
     let cannot_parse = |e: header::HeaderError| {
         StoreFailure::new(
@@ -215,7 +217,8 @@ async fn parse_header(
     match object {
         Spooled::Memory(bytes) => {
             let dataset = bytes.get(offset..).unwrap_or_default();
-            let header = header::read_header(dataset, ts, &wanted).map_err(cannot_parse)?;
+            let header =
+                header::read_header(dataset, ts, extraction.plan()).map_err(cannot_parse)?;
             Ok((Spooled::Memory(bytes), header))
         }
         Spooled::File(spool) => {
@@ -229,8 +232,8 @@ async fn parse_header(
                 let f = read().map_err(|e| {
                     StoreFailure::new(status::OUT_OF_RESOURCES, format!("cannot read spool: {e}"))
                 })?;
-                let header =
-                    header::read_header(BufReader::new(f), &ts, &wanted).map_err(cannot_parse)?;
+                let header = header::read_header(BufReader::new(f), &ts, extraction.plan())
+                    .map_err(cannot_parse)?;
                 Ok((Spooled::File(spool), header))
             })
             .await
@@ -264,10 +267,11 @@ pub async fn complete(
     dataset_offset: usize,
     transfer_syntax: &str,
     expected_sop_instance_uid: &str,
-    wanted: Arc<Vec<Tag>>,
+    extraction: Arc<Extraction>,
     storage: &dyn Storage,
 ) -> Result<StoreOutcome, StoreFailure> {
-    let (object, header) = parse_header(object, dataset_offset, transfer_syntax, wanted).await?;
+    let (object, header) =
+        parse_header(object, dataset_offset, transfer_syntax, extraction).await?;
     let sop = required_uid(&header, header::SOP_INSTANCE_UID, "SOP Instance UID")?;
     if sop != expected_sop_instance_uid {
         return Err(StoreFailure::new(

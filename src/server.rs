@@ -16,6 +16,7 @@ use crate::events::{Event, Events, Level};
 use crate::storage::fs::FilesystemStorage;
 use crate::storage::s3::S3Storage;
 use crate::storage::Storage;
+use crate::study::StudyTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -40,6 +41,7 @@ pub struct Server {
     accept_task: Option<tokio::task::JoinHandle<()>>,
     local_addr: SocketAddr,
     events: Events,
+    studies: StudyTracker,
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, StartError> {
@@ -83,10 +85,13 @@ impl Server {
             TcpListener::from_std(std_listener).map_err(StartError::Runtime)?
         };
 
-        let ctx = Arc::new(
+        let ctx = Arc::new({
+            // The study tracker is spawned on this server's runtime.
+            let _guard = runtime.enter();
             ServerContext::new(config.clone(), storage, events.clone())
-                .map_err(StartError::Config)?,
-        );
+                .map_err(StartError::Config)?
+        });
+        let studies = ctx.studies.clone();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let accept_task = runtime.spawn(accept_loop(listener, ctx, tls, shutdown_rx));
@@ -105,6 +110,7 @@ impl Server {
             accept_task: Some(accept_task),
             local_addr,
             events,
+            studies,
         })
     }
 
@@ -113,12 +119,19 @@ impl Server {
     }
 
     /// Stop accepting, let objects in flight finish (up to `grace`), then
-    /// close every association and the runtime. Blocks.
+    /// close every association, report the pending studies, and close the
+    /// runtime. Blocks.
     pub fn stop(&mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
         if let (Some(rt), Some(task)) = (self.runtime.as_ref(), self.accept_task.take()) {
             rt.block_on(async move {
                 let _ = tokio::time::timeout(grace + Duration::from_secs(1), task).await;
+            });
+        }
+        if let Some(rt) = self.runtime.as_ref() {
+            let studies = self.studies.clone();
+            rt.block_on(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(10), studies.flush()).await;
             });
         }
         if let Some(rt) = self.runtime.take() {

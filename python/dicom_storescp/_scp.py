@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ logger = logging.getLogger("dicom_storescp")
 EVENT_NAMES: tuple[EventName, ...] = (
     "OnServerStarted",
     "OnFileStored",
+    "OnStudyCompleted",
     "OnError",
     "OnAssociationRejected",
 )
@@ -274,10 +276,151 @@ def _redacted(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _not_yet(option: str) -> NoReturn:
-    raise NotImplementedError(
-        f"option {option!r} is not implemented yet in this version of dicom-storescp"
-    )
+_HEX_TAG = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
+_PIXEL_DATA_START = 0x7FE00008
+_CUSTOM_TAG_KEYS = {"tag", "name", "private_creator"}
+
+#: One attribute to extract, as the core takes it: (tag, name, private creator, custom).
+_Request = tuple[int, str, Optional[str], bool]
+
+
+def _parse_hex_tag(value: str) -> Optional[int]:
+    """``"00100010"``, ``"0010,0010"`` or ``"(0010,0010)"`` as an int, else None."""
+    text = value.strip()
+    m = _HEX_TAG.fullmatch(text)
+    if m is None or text.startswith("(") != text.endswith(")"):
+        return None
+    return int(m.group(1) + m.group(2), 16)
+
+
+def _check_extractable(option: str, text: str, tag: int, vr: Optional[str]) -> None:
+    if vr == "SQ":
+        raise ValueError(
+            f"{option}: {text!r} is a sequence; only attributes with a value can be extracted"
+        )
+    group = tag >> 16
+    if tag >= _PIXEL_DATA_START or group <= 0x0002 or group == 0xFFFE:
+        raise ValueError(
+            f"{option}: {text!r} cannot be extracted (only data set attributes before "
+            "Pixel Data; group 0002 is the file meta information, which the network does "
+            "not carry: see the event's own UID fields)"
+        )
+
+
+def _resolve_tag(option: str, value: str) -> tuple[int, str]:
+    """A keyword or hex tag from ``extract_tags`` -> (tag, name in events)."""
+    tag = _parse_hex_tag(value)
+    if tag is not None:
+        known = _core.keyword_for_tag(tag)
+        name, vr = (known[0], known[1]) if known else (f"{tag:08X}", None)
+    else:
+        found = _core.tag_for_keyword(value.strip())
+        if found is None:
+            raise ValueError(
+                f"{option}: {value!r} is neither a DICOM keyword (e.g. 'PatientName') "
+                "nor a tag of 8 hex digits (e.g. '00100010')"
+            )
+        tag, vr = found
+        name = value.strip()
+    _check_extractable(option, value, tag, vr)
+    return tag, name
+
+
+def _resolve_extraction(
+    extract_tags: object,
+    extract_custom_tags: object,
+    grouping_strategy: str,
+    custom_groups: object,
+) -> tuple[list[_Request], list[tuple[str, list[str]]]]:
+    """Validate the tag options; returns what the core takes."""
+    requests: list[_Request] = []
+    names: dict[str, int] = {}  # name -> index in requests
+
+    def add(request: _Request, option: str) -> None:
+        tag, name = request[0], request[1]
+        if name in names:
+            if requests[names[name]][0] == tag and not request[3]:
+                return  # the same keyword twice
+            raise ValueError(f"{option}: name {name!r} is used twice")
+        names[name] = len(requests)
+        requests.append(request)
+
+    for item in _str_list("extract_tags", extract_tags):
+        tag, name = _resolve_tag("extract_tags", item)
+        add((tag, name, None, False), "extract_tags")
+
+    if isinstance(extract_custom_tags, (str, Mapping)) or not isinstance(
+        extract_custom_tags, Iterable
+    ):
+        raise ValueError(
+            "extract_custom_tags must be a list of {'tag': ..., 'name': ...} dicts, "
+            f"not {extract_custom_tags!r}"
+        )
+    for item in extract_custom_tags:
+        if not isinstance(item, Mapping) or not {"tag", "name"} <= set(item):
+            raise ValueError(
+                f"extract_custom_tags: {item!r} must be a dict with 'tag' and 'name' "
+                "(and optionally 'private_creator')"
+            )
+        extra = set(item) - _CUSTOM_TAG_KEYS
+        if extra:
+            raise ValueError(f"extract_custom_tags: unknown key(s) {sorted(extra)} in {item!r}")
+        raw_tag, name = item["tag"], item["name"]
+        creator = item.get("private_creator")
+        parsed = _parse_hex_tag(raw_tag) if isinstance(raw_tag, str) else None
+        if parsed is None:
+            raise ValueError(
+                f"extract_custom_tags: tag {raw_tag!r} must be 8 hex digits, e.g. '00091001'"
+            )
+        tag = parsed
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"extract_custom_tags: name {name!r} must be a non-empty string")
+        if creator is not None:
+            if not isinstance(creator, str) or not creator.strip() or len(creator) > 64:
+                raise ValueError(
+                    f"extract_custom_tags: private_creator {creator!r} must be 1 to 64 characters"
+                )
+            if tag >> 16 & 1 == 0 or tag & 0xFFFF < 0x1000:
+                raise ValueError(
+                    f"extract_custom_tags: {raw_tag!r} with a private_creator must be a private "
+                    "data element (odd group, element xx10-xxFF)"
+                )
+        known = _core.keyword_for_tag(tag)
+        _check_extractable("extract_custom_tags", raw_tag, tag, known[1] if known else None)
+        add((tag, name, creator, True), "extract_custom_tags")
+
+    groups: list[tuple[str, list[str]]] = []
+    if grouping_strategy == "Custom":
+        if not isinstance(custom_groups, Mapping) or not custom_groups:
+            raise ValueError(
+                "custom_groups must be a non-empty dict {group: [tag, ...]} when "
+                "grouping_strategy is 'Custom'"
+            )
+        seen: dict[str, str] = {}
+        for group, members in custom_groups.items():
+            if not isinstance(group, str) or not group or group == "other":
+                raise ValueError(
+                    f"custom_groups: group name {group!r} must be a non-empty string other "
+                    "than 'other' (the group of everything else)"
+                )
+            resolved: list[str] = []
+            for member in _str_list(f"custom_groups[{group!r}]", members):
+                if member in names:
+                    name = member
+                else:
+                    tag, name = _resolve_tag(f"custom_groups[{group!r}]", member)
+                    if name not in names:
+                        add((tag, name, None, False), "custom_groups")
+                if name in seen:
+                    raise ValueError(
+                        f"custom_groups: {member!r} is in both {seen[name]!r} and {group!r}"
+                    )
+                seen[name] = group
+                resolved.append(name)
+            groups.append((group, resolved))
+    elif custom_groups:
+        raise ValueError("custom_groups is only used with grouping_strategy='Custom'")
+    return requests, groups
 
 
 class StoreScp:
@@ -344,20 +487,13 @@ class StoreScp:
         else:
             out_path = os.path.abspath(os.fspath(out_dir))
 
-        if _str_list("extract_tags", extract_tags):
-            _not_yet("extract_tags")
-        if list(extract_custom_tags):
-            _not_yet("extract_custom_tags")
-        _check_choice(
+        grouping = _check_choice(
             "grouping_strategy", grouping_strategy, ("ByScope", "Flat", "StudyLevel", "Custom")
         )
-        if grouping_strategy != "ByScope":
-            _not_yet("grouping_strategy")
-        if custom_groups is not None:
-            _not_yet("custom_groups")
+        requests, groups = _resolve_extraction(
+            extract_tags, extract_custom_tags, grouping, custom_groups
+        )
         timeout = _check_seconds("study_timeout", study_timeout, allow_none=False)
-        if timeout != _DEFAULT_STUDY_TIMEOUT:
-            _not_yet("study_timeout")
         tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca}
         for name, value in tls.items():
             if value is not None and not os.path.isfile(os.fspath(value)):
@@ -422,6 +558,10 @@ class StoreScp:
             ),
             **{k: None if v is None else os.path.abspath(os.fspath(v)) for k, v in tls.items()},
             "verbose": _check_bool("verbose", verbose),
+            "extract": requests,
+            "grouping_strategy": grouping,
+            "custom_groups": groups,
+            "study_timeout": timeout,
         }
         self._core = _core._Server(options)
         self._options = _redacted(options)

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from typing import Literal, Optional, TypedDict, Union
 
-EventName = Literal["OnServerStarted", "OnFileStored", "OnError", "OnAssociationRejected"]
+EventName = Literal[
+    "OnServerStarted", "OnFileStored", "OnStudyCompleted", "OnError", "OnAssociationRejected"
+]
 StorageBackend = Literal["Filesystem", "S3"]
 GroupingStrategy = Literal["ByScope", "Flat", "StudyLevel", "Custom"]
 AbstractSyntaxMode = Literal["AllStorage", "All", "Custom"]
 TransferSyntaxMode = Literal["All", "UncompressedOnly", "Custom"]
 
 #: Extracted tags: grouped (``{"patient": {...}, ...}``) or flat, per the
-#: grouping strategy.
+#: grouping strategy. Values are ``str``.
 Tags = dict[str, Union[str, dict[str, str]]]
 
 
-class CustomTag(TypedDict):
+class _CustomTagRequired(TypedDict):
     tag: str
     name: str
+
+
+class CustomTag(_CustomTagRequired, total=False):
+    """``{"tag": "00091001", "name": "CustomField"}``; with ``private_creator``
+    the block of a private tag is found through its Private Creator."""
+
+    private_creator: str
 
 
 class S3Config(TypedDict, total=False):
@@ -77,6 +86,27 @@ class FileStoredEvent(TypedDict):
     size: int
 
 
+class StudyInstance(TypedDict):
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    file: str
+    uri: str
+    tags: Tags
+
+
+class StudySeries(TypedDict):
+    series_instance_uid: str
+    tags: dict[str, str]
+    instances: list[StudyInstance]
+
+
+class StudyCompletedEvent(TypedDict):
+    study_instance_uid: str
+    tags: dict[str, str]
+    series: list[StudySeries]
+
+
 class ErrorEvent(TypedDict):
     message: str
     sop_instance_uid: Optional[str]
@@ -93,7 +123,13 @@ class AssociationRejectedEvent(TypedDict):
     result: Literal["permanent", "transient"]
 
 
-Event = Union[ServerStartedEvent, FileStoredEvent, ErrorEvent, AssociationRejectedEvent]
+Event = Union[
+    ServerStartedEvent,
+    FileStoredEvent,
+    StudyCompletedEvent,
+    ErrorEvent,
+    AssociationRejectedEvent,
+]
 
 __all__ = [
     "AbstractSyntaxMode",
@@ -107,6 +143,9 @@ __all__ = [
     "S3Config",
     "ServerStartedEvent",
     "StorageBackend",
+    "StudyCompletedEvent",
+    "StudyInstance",
+    "StudySeries",
     "Tags",
     "TransferSyntaxMode",
 ]
