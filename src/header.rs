@@ -442,10 +442,23 @@ pub fn format_value(vr: VR, raw: &[u8], big_endian: bool, charset: &Charset) -> 
                 lossy: d.lossy,
             }
         }
-        VR::SH | VR::LO | VR::UC | VR::PN => {
+        VR::SH | VR::LO | VR::UC => {
             let d = charset.decode(raw);
             Decoded {
-                text: multi(&d.text, vr != VR::PN && vr != VR::UC),
+                text: multi(&d.text, vr != VR::UC),
+                lossy: d.lossy,
+            }
+        }
+        VR::PN => {
+            // Empty trailing component groups are insignificant (PS3.5 §6.2.1).
+            let d = charset.decode(raw);
+            let text = multi(&d.text, false)
+                .split('\\')
+                .map(|v| v.trim_end_matches('='))
+                .collect::<Vec<_>>()
+                .join("\\");
+            Decoded {
+                text,
                 lossy: d.lossy,
             }
         }

@@ -351,7 +351,13 @@ class RunningScp:
             self.scp.stop()
 
 
-EVENT_NAMES = ("OnServerStarted", "OnFileStored", "OnError", "OnAssociationRejected")
+EVENT_NAMES = (
+    "OnServerStarted",
+    "OnFileStored",
+    "OnStudyCompleted",
+    "OnError",
+    "OnAssociationRejected",
+)
 
 
 @pytest.fixture

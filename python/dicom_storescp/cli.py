@@ -25,6 +25,33 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _custom_tag(value: str) -> dict[str, str]:
+    """``TAG=NAME`` or ``TAG@PRIVATE CREATOR=NAME``."""
+    spec, sep, name = value.rpartition("=")
+    if not sep or not spec or not name:
+        raise argparse.ArgumentTypeError(f"expected TAG=NAME, got {value!r}")
+    tag, at, creator = spec.partition("@")
+    out = {"tag": tag.strip(), "name": name.strip()}
+    if at:
+        out["private_creator"] = creator.strip()
+    return out
+
+
+def _custom_group(value: str) -> tuple[str, list[str]]:
+    """``NAME=Keyword,Keyword``."""
+    name, sep, members = value.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=Keyword,Keyword, got {value!r}")
+    return name.strip(), _csv(members)
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 < seconds < 1e9:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value}")
+    return seconds
+
+
 def _seconds_or_none(value: str) -> Optional[float]:
     if value.lower() in ("none", "0", "off"):
         return None
@@ -168,6 +195,44 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--s3-part-concurrency", type=int, metavar="N", help="default 4")
     s3.add_argument("--s3-request-timeout", type=float, metavar="SECONDS", help="default 60")
     s3.add_argument("--s3-max-retries", type=int, metavar="N", help="default 3")
+    tags = p.add_argument_group("tag extraction and study completion")
+    tags.add_argument(
+        "--extract-tags",
+        type=_csv,
+        default=[],
+        metavar="KW,TAG",
+        help="attributes to extract: keywords (PatientName) or 8-hex tags (00100010)",
+    )
+    tags.add_argument(
+        "--extract-custom-tag",
+        type=_custom_tag,
+        action="append",
+        default=[],
+        metavar="TAG=NAME",
+        help="extract a tag under a name of your own; TAG@PRIVATE CREATOR=NAME finds a "
+        "private tag's block through its creator (repeatable)",
+    )
+    tags.add_argument(
+        "--grouping",
+        default="ByScope",
+        choices=["ByScope", "Flat", "StudyLevel", "Custom"],
+        help="how extracted tags are grouped in events (default ByScope)",
+    )
+    tags.add_argument(
+        "--custom-group",
+        type=_custom_group,
+        action="append",
+        default=[],
+        metavar="NAME=KW,KW",
+        help="a group of the Custom grouping (repeatable)",
+    )
+    tags.add_argument(
+        "--study-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="a study is complete after this many seconds without a new instance (default 30)",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print events as JSON lines")
     out.add_argument("--verbose", "-v", action="store_true", help="log associations and files")
@@ -183,6 +248,14 @@ def _emit(args: argparse.Namespace, name: str, event: Any) -> None:
         print(
             f"stored {where} ({event['size']} bytes) from "
             f"{event['calling_ae_title']} {event['peer']}",
+            flush=True,
+        )
+    elif name == "OnStudyCompleted":
+        series = event["series"]
+        count = sum(len(s["instances"]) for s in series)
+        print(
+            f"study {event['study_instance_uid']} completed: {len(series)} series, "
+            f"{count} instance(s)",
             flush=True,
         )
     elif name == "OnError":
@@ -278,6 +351,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             storage_backend=backend,
             s3_config=cast(Optional[S3Config], s3_config),
             store_with_file_meta=args.store_with_file_meta,
+            extract_tags=args.extract_tags,
+            extract_custom_tags=args.extract_custom_tag,
+            grouping_strategy=args.grouping,
+            custom_groups=dict(args.custom_group) if args.custom_group else None,
+            study_timeout=args.study_timeout,
             verbose=args.verbose,
         )
     except (ValueError, NotImplementedError) as e:
