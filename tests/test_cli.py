@@ -175,3 +175,91 @@ def test_cli_plain_lines_and_store_with_file_meta(
             break
     assert want.read_bytes()[128:132] == b"DICM"
     assert cli.interrupt() == 0, "".join(cli.stderr)[-2000:]
+
+
+def test_cli_extraction_grouping_and_study_completion_json(
+    tmp_path: Path, corpus: dict[str, Prepared], cli_factory: list[Cli]
+) -> None:
+    port = free_port()
+    cli = Cli(
+        [
+            *_launcher("console-script"),
+            "--port", str(port), "--out-dir", str(tmp_path / "out"), "--json",
+            "--extract-tags", "PatientName,00100020,Modality",
+            "--extract-custom-tag", "00080070=Vendor",
+            "--grouping", "Custom", "--custom-group", "who=PatientName,PatientID",
+            "--study-timeout", "0.5",
+        ]
+    )  # fmt: skip
+    cli_factory.append(cli)
+    cli.wait_listening(port)
+    p = corpus["CT_small.dcm"]
+    storescu(port, [p.path], "-R", p.flag)
+    seen: dict[str, dict[str, object]] = {}
+    deadline = time.monotonic() + 15
+    while "OnStudyCompleted" not in seen:
+        obj = json.loads(cli.read_line(max(0.1, deadline - time.monotonic())))
+        seen[str(obj["event"])] = obj
+    stored = seen["OnFileStored"]
+    assert stored["tags"] == {
+        "who": {"PatientName": "CompressedSamples^CT1", "PatientID": "1CT1"},
+        "other": {"Modality": "CT", "Vendor": "GE MEDICAL SYSTEMS"},
+    }
+    study = seen["OnStudyCompleted"]
+    assert study["study_instance_uid"] == p.study_instance_uid
+    assert isinstance(study["series"], list)
+    (series,) = study["series"]
+    (inst,) = series["instances"]
+    assert inst["sop_instance_uid"] == p.sop_instance_uid
+    assert inst["file"] == stored["file"]
+    assert inst["tags"] == stored["tags"]
+    assert cli.interrupt() == 0, "".join(cli.stderr)[-2000:]
+
+
+def test_cli_plain_study_line_and_flush_on_sigint(
+    tmp_path: Path, corpus: dict[str, Prepared], cli_factory: list[Cli]
+) -> None:
+    """A pending study is reported when the CLI is interrupted."""
+    port = free_port()
+    cli = Cli(
+        [*_launcher("python-m"), "--port", str(port), "--out-dir", str(tmp_path / "out"),
+         "--study-timeout", "3600"]
+    )  # fmt: skip
+    cli_factory.append(cli)
+    cli.wait_listening(port)
+    p = corpus["MR_small.dcm"]
+    storescu(port, [p.path], "-R", "-xe")
+    assert "stored" in cli.read_line(15)
+    assert cli.interrupt() == 0, "".join(cli.stderr)[-2000:]
+    rest = []
+    while not cli.lines.empty():
+        rest.append(cli.lines.get())
+    assert f"study {p.study_instance_uid} completed: 1 series, 1 instance(s)\n" in rest, rest
+
+
+@pytest.mark.parametrize(
+    ("flags", "option"),
+    [
+        (["--extract-tags", "PatientNam"], "extract_tags"),
+        (["--extract-custom-tag", "0009100=X"], "extract_custom_tags"),
+        (["--grouping", "Custom"], "custom_groups"),
+    ],
+)
+def test_cli_bad_extraction_options_exit_1(
+    tmp_path: Path, flags: list[str], option: str
+) -> None:
+    proc = subprocess.run(
+        [*_launcher("python-m"), "--port", "0", "--out-dir", str(tmp_path), *flags],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert option in proc.stderr
+
+
+def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
+    for flags in (["--study-timeout", "0"], ["--extract-custom-tag", "nonsense"]):
+        proc = subprocess.run(
+            [*_launcher("python-m"), "--port", "0", "--out-dir", str(tmp_path), *flags],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert proc.returncode == 2, (flags, proc.stderr)

@@ -285,6 +285,7 @@ def test_corpus_values_match_pydicom(scp_factory: Callable[..., RunningScp], cor
                 assert kw not in tags, (p.name, kw)
 
 
+@pytest.mark.filterwarnings("ignore:Unknown encoding")
 def test_undecodable_charset_is_logged_with_fallback(
     scp_factory: Callable[..., RunningScp], tmp_path: Path, log_records: _Records
 ) -> None:
