@@ -212,6 +212,7 @@ def test_cli_extraction_grouping_and_study_completion_json(
     (inst,) = series["instances"]
     assert inst["sop_instance_uid"] == p.sop_instance_uid
     assert inst["file"] == stored["file"]
+    assert inst["uri"] == stored["uri"]
     assert inst["tags"] == stored["tags"]
     assert cli.interrupt() == 0, "".join(cli.stderr)[-2000:]
 

@@ -74,9 +74,10 @@ def _check_study_skeleton(study: dict[str, Any], expected: dict[str, dict[str, s
         assert len(series["instances"]) == 2
         for inst in series["instances"]:
             assert set(inst) == {
-                "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file", "tags"
+                "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "file", "uri", "tags"
             }  # fmt: skip
             assert Path(inst["file"]).is_file()
+            assert inst["uri"].startswith("file:///") and inst["uri"].endswith(".dcm")
             got.add(inst["sop_instance_uid"])
     assert got == set(expected)
 

@@ -512,3 +512,36 @@ def test_no_spool_file_left_after_abort_mid_object(
     assert_incoming_empty(scp.out_dir)
     assert moto.keys(bucket) == {}
     assert moto.multipart_uploads(bucket) == []
+
+
+def test_study_completed_and_tags_with_s3(
+    scp_factory: Callable[..., RunningScp],
+    moto: MotoS3,
+    bucket: str,
+    base_dataset_file: Path,
+    tmp_path: Path,
+) -> None:
+    """Tag extraction and OnStudyCompleted work the same with the S3 backend:
+    instances name their object key (`file`) and `s3://` URI."""
+    run = scp_factory(
+        storage_backend="S3",
+        s3_config=moto.s3_config(bucket, prefix="p/"),
+        extract_tags=["PatientName", "Modality", "InstanceNumber"],
+        study_timeout=0.5,
+    )
+    objs = generate_objects(base_dataset_file, tmp_path / "objs", 3)
+    storescu(run.port, [o.path for o in objs], "-xe")
+    stored = by_sop_uid(run.log.wait_for("OnFileStored", 3))
+    (study,) = run.log.wait_for("OnStudyCompleted", 1, timeout=15)
+    (series,) = study["series"]
+    assert study["tags"] == {"PatientName": str(pydicom.dcmread(objs[0].path).PatientName)}
+    assert series["tags"] == {"Modality": "MR"}
+    assert [i["sop_instance_uid"] for i in series["instances"]] == [
+        o.sop_instance_uid for o in objs
+    ]
+    for inst, o in zip(series["instances"], objs):
+        assert inst["file"] == key_of(o, "p/") == stored[o.sop_instance_uid]["file"]
+        assert inst["uri"] == f"s3://{bucket}/{key_of(o, 'p/')}"
+        assert inst["tags"] == {"InstanceNumber": stored[o.sop_instance_uid]["tags"]["instance"][
+            "InstanceNumber"
+        ]}  # fmt: skip

@@ -1,9 +1,10 @@
-//! The header reader (UIDs and tags before pixel data) on arbitrary data
-//! sets in every transfer syntax family.
+//! The header reader (UIDs and extracted tags before pixel data) on
+//! arbitrary data sets in every transfer syntax family, private creator
+//! resolution and character set decoding included.
 #![no_main]
 
 use dicom_core::Tag;
-use dicom_storescp::header::{read_header, IDENTIFYING_TAGS};
+use dicom_storescp::header::{read_header, HeaderPlan, PrivateRequest};
 use libfuzzer_sys::fuzz_target;
 
 const SYNTAXES: [&str; 5] = [
@@ -19,8 +20,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ts = SYNTAXES[usize::from(selector) % SYNTAXES.len()];
-    let mut wanted = IDENTIFYING_TAGS.to_vec();
-    wanted.push(Tag(0x0010, 0x0010));
-    wanted.push(Tag(0x0009, 0x1001));
-    let _ = read_header(rest, ts, &wanted);
+    let plan = HeaderPlan::new(
+        [Tag(0x0010, 0x0010), Tag(0x0009, 0x1001), Tag(0x0028, 0x0010)],
+        vec![PrivateRequest {
+            group: 0x0009,
+            creator: "ACME 1.0".into(),
+            element: 0x02,
+        }],
+    );
+    let _ = read_header(rest, ts, &plan);
 });
