@@ -516,3 +516,6 @@ def test_one_gigabyte_object_memory_stays_flat(tmp_path: Path) -> None:
         f"{(blob + pixels) >> 20} MiB object in {took:.1f}s"
     )
     assert Path(stored["file"]).stat().st_size == stored["size"]
+    # a gigabyte less on the disk for the next tests
+    Path(stored["file"]).unlink()
+    src.unlink()
