@@ -246,9 +246,7 @@ def test_cli_plain_study_line_and_flush_on_sigint(
         (["--grouping", "Custom"], "custom_groups"),
     ],
 )
-def test_cli_bad_extraction_options_exit_1(
-    tmp_path: Path, flags: list[str], option: str
-) -> None:
+def test_cli_bad_extraction_options_exit_1(tmp_path: Path, flags: list[str], option: str) -> None:
     proc = subprocess.run(
         [*_launcher("python-m"), "--port", "0", "--out-dir", str(tmp_path), *flags],
         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,

@@ -194,10 +194,13 @@ def test_no_extraction_shapes(
     storescu(run.port, [base_dataset_file], "-xe")
     (ev,) = run.log.wait_for("OnFileStored", 1)
     (study,) = run.log.wait_for("OnStudyCompleted", 1)
-    assert ev["tags"] == {
-        "ByScope": {"patient": {}, "study": {}, "series": {}, "instance": {}},
-        "Flat": {},
-        "StudyLevel": {"study_level": {}, "instance_level": {}},
-    }[strategy]
+    assert (
+        ev["tags"]
+        == {
+            "ByScope": {"patient": {}, "study": {}, "series": {}, "instance": {}},
+            "Flat": {},
+            "StudyLevel": {"study_level": {}, "instance_level": {}},
+        }[strategy]
+    )
     assert study["tags"] == {}
     assert study["series"][0]["instances"][0]["tags"] == {}

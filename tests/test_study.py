@@ -95,9 +95,20 @@ def test_interleaved_studies_over_two_associations(
     ]
     procs = [
         subprocess.Popen(
-            [STORESCU, "-aet", DCMTK_AE, "-aec", SCP_AE, "-xe", HOST, str(run.port),
-             *map(str, lane)],
-            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                STORESCU,
+                "-aet",
+                DCMTK_AE,
+                "-aec",
+                SCP_AE,
+                "-xe",
+                HOST,
+                str(run.port),
+                *map(str, lane),
+            ],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         for lane in lanes
@@ -150,9 +161,7 @@ def test_stop_reports_pending_studies_before_returning(
     studies = log.get("OnStudyCompleted")  # delivered before stop() returned
     assert len(studies) == 2
     by_uid = {s["study_instance_uid"]: s for s in studies}
-    assert set(_instances(by_uid[objs[0].study_instance_uid])) == {
-        o.sop_instance_uid for o in objs
-    }
+    assert set(_instances(by_uid[objs[0].study_instance_uid])) == {o.sop_instance_uid for o in objs}
     assert set(_instances(by_uid[other[0].study_instance_uid])) == {
         o.sop_instance_uid for o in other
     }

@@ -402,7 +402,10 @@ def _write_huge(path: Path, blob: int, pixels: int) -> dict[str, str]:
     """A Part-10 file with a `blob`-byte private OB before the patient module
     and `pixels` bytes of pixel data, written sparsely (holes read as zeros)."""
     sop_class, sop, study, series = (
-        "1.2.840.10008.5.1.4.1.1.7", generate_uid(), generate_uid(), generate_uid()
+        "1.2.840.10008.5.1.4.1.1.7",
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
     )
     meta_body = b"".join(
         [
