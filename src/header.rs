@@ -689,6 +689,26 @@ mod tests {
     }
 
     #[test]
+    fn length_claiming_4_gib_is_not_allocated() {
+        // Regression: found by the header fuzz target. A wanted element whose
+        // length field claims ~4 GiB made the old dicom-parser based reader
+        // reserve and zero that much memory before failing on EOF.
+        let mut ds = Vec::new();
+        ds.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, 0x08, 0x00, 0x00, 0x00]);
+        ds.extend_from_slice(b"1.2.3.4\0");
+        ds.extend_from_slice(&[0x20, 0x00, 0x0d, 0x00, 0x04, 0xff, 0xff, 0xff]);
+        ds.extend_from_slice(&[0xff; 48]);
+        let plan = HeaderPlan::new([], Vec::new());
+        let started = std::time::Instant::now();
+        let h = read_header(&ds[..], "1.2.840.10008.1.2", &plan);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        if let Ok(h) = h {
+            assert_eq!(h.get(SOP_INSTANCE_UID), Some("1.2.3.4"));
+            assert_eq!(h.get(STUDY_INSTANCE_UID), None);
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let plan = HeaderPlan::new(
             [Tag(0x0010, 0x0010)],
