@@ -53,6 +53,7 @@ def main() -> int:
     p.add_argument("--extract-tags", action="store_true")
     p.add_argument("--no-file-meta", action="store_true")
     p.add_argument("--summary")
+    p.add_argument("--study-timeout", type=float, default=30.0)
     args = p.parse_args()
 
     stop = threading.Event()
@@ -79,6 +80,7 @@ def main() -> int:
             out_dir=args.out_dir,
             store_with_file_meta=not args.no_file_meta,
             extract_tags=EXTRACT_TAGS if args.extract_tags else (),
+            study_timeout=args.study_timeout,
         )
     except NotImplementedError as e:
         print(f"scp_python: {e}", file=sys.stderr)

@@ -142,6 +142,9 @@ def main() -> int:
             if (out_dir / ".incoming").exists()
             else []
         )
+        # idle blocking-pool threads exit after their keep-alive, and the
+        # study (2 s timeout) completes and is forgotten
+        time.sleep(7.0)
         final = _status(receiver.pid)
         report["stored_files"] = len(stored)
         report["spool_leftovers"] = len(leftovers)

@@ -67,6 +67,11 @@ impl Server {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("dicom-storescp")
+            // File work runs on the blocking pool; bound it so that many
+            // associations queue their writes instead of each growing a
+            // thread (and a malloc arena) of its own.
+            .max_blocking_threads(64)
+            .thread_keep_alive(Duration::from_secs(5))
             .enable_all()
             .build()
             .map_err(StartError::Runtime)?;
