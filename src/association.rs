@@ -177,6 +177,12 @@ pub async fn reject_busy<S: Stream>(stream: S, ctx: Arc<ServerContext>, peer: St
     pdu::close_after_last_pdu(&mut io).await;
 }
 
+/// Send an A-ABORT (service provider) and close the way the state machine wants.
+async fn abort_and_close<S: Stream>(io: &mut Io<S>, reason: AbortRQServiceProviderReason) {
+    pdu::send_quietly(io.get_mut(), &pdu::abort_pdu(reason)).await;
+    pdu::close_after_last_pdu(io).await;
+}
+
 /// Serve one association to its end.
 pub async fn serve<S: Stream>(
     stream: S,
@@ -222,12 +228,7 @@ pub async fn serve<S: Stream>(
                 events.log(Level::Warning, || {
                     format!("{peer}: expected A-ASSOCIATE-RQ, got PDU type 0x{t:02x}")
                 });
-                pdu::send_quietly(
-                    io.get_mut(),
-                    &pdu::abort_pdu(AbortRQServiceProviderReason::UnexpectedPdu),
-                )
-                .await;
-                pdu::close_after_last_pdu(&mut io).await;
+                abort_and_close(&mut io, AbortRQServiceProviderReason::UnexpectedPdu).await;
                 return;
             }
             match dicom_ul::pdu::read_pdu(raw.bytes, pdu::MAX_ASSOCIATE_PDU, false) {
@@ -240,12 +241,8 @@ pub async fn serve<S: Stream>(
                     events.log(Level::Warning, || {
                         format!("{peer}: malformed A-ASSOCIATE-RQ: {why}")
                     });
-                    pdu::send_quietly(
-                        io.get_mut(),
-                        &pdu::abort_pdu(AbortRQServiceProviderReason::InvalidPduParameter),
-                    )
-                    .await;
-                    pdu::close_after_last_pdu(&mut io).await;
+                    abort_and_close(&mut io, AbortRQServiceProviderReason::InvalidPduParameter)
+                        .await;
                     return;
                 }
             }

@@ -108,17 +108,7 @@ fn link_anonymous(_file: &std::fs::File, _target: &Path) -> io::Result<()> {
 impl FilesystemStorage {
     /// Create the output and spool directories (blocking).
     pub fn new(out_dir: &Path) -> Result<Self, StorageError> {
-        let root = if out_dir.is_absolute() {
-            out_dir.to_path_buf()
-        } else {
-            std::env::current_dir()
-                .map_err(|e| StorageError::io("cannot resolve the current directory", e))?
-                .join(out_dir)
-        };
-        let spool = root.join(SPOOL_DIR_NAME);
-        std::fs::create_dir_all(&spool).map_err(|e| {
-            StorageError::io(format!("out_dir {} cannot be created", spool.display()), e)
-        })?;
+        let (root, spool) = super::create_out_dir(out_dir, SPOOL_DIR_NAME)?;
         // Anonymous spool files need O_TMPFILE support and /proc to link them.
         let anonymous = cfg!(target_os = "linux")
             && Path::new("/proc/self/fd").is_dir()

@@ -42,6 +42,26 @@ impl StorageError {
     }
 }
 
+/// Resolve `out_dir` (relative to the current directory) and create it with
+/// its spool directory `{out_dir}/{spool_name}` (blocking). Returns both.
+pub fn create_out_dir(
+    out_dir: &Path,
+    spool_name: &str,
+) -> Result<(PathBuf, PathBuf), StorageError> {
+    let root = if out_dir.is_absolute() {
+        out_dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| StorageError::io("cannot resolve the current directory", e))?
+            .join(out_dir)
+    };
+    let spool = root.join(spool_name);
+    std::fs::create_dir_all(&spool).map_err(|e| {
+        StorageError::io(format!("out_dir {} cannot be created", spool.display()), e)
+    })?;
+    Ok((root, spool))
+}
+
 /// Where an object goes: validated UIDs only (see [`is_valid_uid`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectKey {

@@ -475,17 +475,7 @@ impl SpoolDir {
     fn create(out_dir: Option<&Path>) -> Result<SpoolDir, StorageError> {
         match out_dir {
             Some(dir) => {
-                let root = if dir.is_absolute() {
-                    dir.to_path_buf()
-                } else {
-                    std::env::current_dir()
-                        .map_err(|e| StorageError::io("cannot resolve the current directory", e))?
-                        .join(dir)
-                };
-                let spool = root.join(SPOOL_DIR_NAME);
-                std::fs::create_dir_all(&spool).map_err(|e| {
-                    StorageError::io(format!("out_dir {} cannot be created", spool.display()), e)
-                })?;
+                let (_, spool) = super::create_out_dir(dir, SPOOL_DIR_NAME)?;
                 Ok(SpoolDir::Given(spool))
             }
             None => {
