@@ -33,8 +33,7 @@ pub struct ServerContext {
     pub events: Events,
     pub extraction: Arc<Extraction>,
     pub studies: StudyTracker,
-    /// Associations refused so far (for log lines; stats come later).
-    pub rejected: std::sync::atomic::AtomicU64,
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl ServerContext {
@@ -45,14 +44,20 @@ impl ServerContext {
     ) -> Result<ServerContext, String> {
         let extraction = Arc::new(config.extraction()?);
         // The tracker runs on the current runtime (inert outside one).
-        let studies = StudyTracker::spawn(config.study_timeout, extraction.clone(), events.clone());
+        let stats = Arc::new(crate::stats::Stats::default());
+        let studies = StudyTracker::spawn(
+            config.study_timeout,
+            extraction.clone(),
+            events.clone(),
+            stats.clone(),
+        );
         Ok(ServerContext {
             policy: config.policy()?,
             storage,
             events,
             extraction,
             studies,
-            rejected: Default::default(),
+            stats,
             config,
         })
     }
@@ -60,10 +65,7 @@ impl ServerContext {
     /// Report a refused association: a log line with the running count, and
     /// an `OnAssociationRejected` event.
     pub(crate) fn rejected(&self, rejected: Rejected) {
-        let n = self
-            .rejected
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        let n = crate::stats::bump(&self.stats.associations_rejected);
         self.events.log(Level::Warning, || {
             format!(
                 "association from {:?} at {} rejected ({}): {} [{n} rejected so far]",
@@ -287,6 +289,7 @@ pub async fn serve<S: Stream>(
         });
     }
 
+    let _open = crate::stats::OpenAssociation::new(&ctx.stats);
     let mut session = Session {
         ctx: ctx.clone(),
         contexts: negotiated.contexts,
@@ -479,6 +482,7 @@ impl Session {
             if pdv.is_last {
                 if let Some(d) = self.discarding.take() {
                     if let Some(err) = d.error {
+                        crate::stats::bump(&self.ctx.stats.objects_failed);
                         self.ctx.events.error(err);
                     }
                     self.send_command(io, d.context_id, d.response).await?;
@@ -597,6 +601,7 @@ impl Session {
                 });
                 return Ok(());
             }
+            crate::stats::bump(&self.ctx.stats.objects_failed);
             self.ctx.events.error(info);
             return self.send_command(io, context.id, response).await;
         }
@@ -682,6 +687,11 @@ impl Session {
         match result {
             Ok(outcome) => {
                 self.stored += 1;
+                crate::stats::bump(&self.ctx.stats.objects_stored);
+                self.ctx
+                    .stats
+                    .bytes_stored
+                    .fetch_add(outcome.stored.size, std::sync::atomic::Ordering::Relaxed);
                 let header = &outcome.header;
                 self.ctx.events.log(Level::Info, || {
                     format!(
@@ -733,6 +743,7 @@ impl Session {
                     .await;
             }
             Err(f) => {
+                crate::stats::bump(&self.ctx.stats.objects_failed);
                 let info = self.error_info(f.message, Some(&sop_instance_uid), Some(f.status));
                 self.ctx.events.error(info);
             }
@@ -754,6 +765,7 @@ impl Session {
             End::Io(msg) => (format!("I/O error: {msg}"), None),
         };
         if let Some(r) = self.receiving.take() {
+            crate::stats::bump(&self.ctx.stats.objects_failed);
             let received = r.incoming.len();
             drop(r.incoming);
             events.error(self.error_info(

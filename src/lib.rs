@@ -27,6 +27,7 @@ pub mod negotiation;
 pub mod pdu;
 pub mod receive;
 pub mod server;
+pub mod stats;
 pub mod storage;
 pub mod study;
 pub mod tags;

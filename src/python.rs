@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
@@ -176,6 +176,8 @@ struct PyServer {
     server: Mutex<Option<Server>>,
     events: Events,
     rx: Mutex<Receiver<Event>>,
+    /// The counters of the last started server (kept after stop).
+    stats: Mutex<Arc<crate::stats::Stats>>,
 }
 
 fn start_error(e: StartError) -> PyErr {
@@ -201,6 +203,7 @@ impl PyServer {
             server: Mutex::new(None),
             events,
             rx: Mutex::new(rx),
+            stats: Mutex::new(Arc::default()),
         })
     }
 
@@ -216,8 +219,19 @@ impl PyServer {
             .detach(move || Server::start(config, events))
             .map_err(start_error)?;
         let port = server.local_addr().port();
+        *self.stats.lock().map_err(lock_poisoned)? = server.stats();
         *slot = Some(server);
         Ok(port)
+    }
+
+    /// The server's counters as a dict of ints.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.stats.lock().map_err(lock_poisoned)?.clone();
+        let d = PyDict::new(py);
+        for (name, value) in stats.snapshot() {
+            d.set_item(name, value)?;
+        }
+        Ok(d)
     }
 
     /// Graceful stop; blocks (without the GIL) until every association ended.

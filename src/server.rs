@@ -42,6 +42,7 @@ pub struct Server {
     local_addr: SocketAddr,
     events: Events,
     studies: StudyTracker,
+    stats: Arc<crate::stats::Stats>,
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, StartError> {
@@ -97,6 +98,7 @@ impl Server {
                 .map_err(StartError::Config)?
         });
         let studies = ctx.studies.clone();
+        let stats = ctx.stats.clone();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let accept_task = runtime.spawn(accept_loop(listener, ctx, tls, shutdown_rx));
@@ -116,7 +118,13 @@ impl Server {
             local_addr,
             events,
             studies,
+            stats,
         })
+    }
+
+    /// The server's live counters.
+    pub fn stats(&self) -> Arc<crate::stats::Stats> {
+        self.stats.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

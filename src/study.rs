@@ -12,6 +12,9 @@
 //! Per pending instance only its UIDs, file location and extracted values
 //! are kept.
 
+use std::sync::atomic::Ordering;
+
+use crate::stats::{bump, Stats};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,10 +124,15 @@ impl StudyTracker {
     /// Start the tracker task on the current runtime. Outside a runtime
     /// (harnesses that never run a server) the tracker is inert: its
     /// channel is closed and every record is dropped at once.
-    pub fn spawn(timeout: Duration, extraction: Arc<Extraction>, events: Events) -> StudyTracker {
+    pub fn spawn(
+        timeout: Duration,
+        extraction: Arc<Extraction>,
+        events: Events,
+        stats: Arc<Stats>,
+    ) -> StudyTracker {
         let (tx, rx) = mpsc::channel(QUEUE);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(run(rx, timeout, extraction, events));
+            handle.spawn(run(rx, timeout, extraction, events, stats));
         }
         StudyTracker { tx }
     }
@@ -149,6 +157,7 @@ async fn run(
     timeout: Duration,
     extraction: Arc<Extraction>,
     events: Events,
+    stats: Arc<Stats>,
 ) {
     let mut pending: HashMap<Box<str>, Pending> = HashMap::new();
     let mut deadlines: BTreeMap<(Instant, u64), Box<str>> = BTreeMap::new();
@@ -176,14 +185,17 @@ async fn run(
                     entry.key = key;
                     deadlines.insert(key, study);
                     entry.add(*record);
+                    stats.studies_pending.store(pending.len() as u64, Ordering::Relaxed);
                 }
                 Some(Message::Flush(done)) => {
                     let all: Vec<_> = std::mem::take(&mut deadlines).into_values().collect();
                     for study in all {
                         if let Some(p) = pending.remove(&study) {
                             complete(&study, p, &extraction, &events);
+                            bump(&stats.studies_completed);
                         }
                     }
+                    stats.studies_pending.store(pending.len() as u64, Ordering::Relaxed);
                     let _ = done.send(());
                 }
                 None => return,
@@ -197,8 +209,10 @@ async fn run(
                     let study = entry.remove();
                     if let Some(p) = pending.remove(&study) {
                         complete(&study, p, &extraction, &events);
+                        bump(&stats.studies_completed);
                     }
                 }
+                stats.studies_pending.store(pending.len() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -342,6 +356,7 @@ mod tests {
             Duration::from_secs(10),
             extraction(Grouping::ByScope),
             events,
+            Default::default(),
         );
         let tags =
             |n: &str| -> Extracted { vec![(0, "DOE".into()), (1, "CT".into()), (2, n.into())] };
@@ -391,7 +406,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn flat_puts_everything_on_instances() {
         let (events, rx) = Events::channel(false);
-        let t = StudyTracker::spawn(Duration::from_secs(1), extraction(Grouping::Flat), events);
+        let t = StudyTracker::spawn(
+            Duration::from_secs(1),
+            extraction(Grouping::Flat),
+            events,
+            Default::default(),
+        );
         t.stored(record(
             "1",
             "1.1",

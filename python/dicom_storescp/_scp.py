@@ -18,6 +18,7 @@ from ._types import (
     EventName,
     GroupingStrategy,
     S3Config,
+    Stats,
     StorageBackend,
     TransferSyntaxMode,
 )
@@ -612,6 +613,12 @@ class StoreScp:
     def port(self) -> Optional[int]:
         """The bound port once started (useful with ``port=0``)."""
         return self._port
+
+    def stats(self) -> Stats:
+        """Counters: associations open/total/rejected, objects stored/failed,
+        bytes stored, studies pending/completed (zero before ``start()``; the
+        last server's after ``stop()``)."""
+        return cast(Stats, self._core.stats())
 
     @property
     def running(self) -> bool:

@@ -123,6 +123,19 @@ class AssociationRejectedEvent(TypedDict):
     result: Literal["permanent", "transient"]
 
 
+class Stats(TypedDict):
+    """Counters of one StoreScp (``scp.stats()``)."""
+
+    associations_open: int
+    associations_total: int
+    associations_rejected: int
+    objects_stored: int
+    objects_failed: int
+    bytes_stored: int
+    studies_pending: int
+    studies_completed: int
+
+
 Event = Union[
     ServerStartedEvent,
     FileStoredEvent,
@@ -132,6 +145,7 @@ Event = Union[
 ]
 
 __all__ = [
+    "Stats",
     "AbstractSyntaxMode",
     "AssociationRejectedEvent",
     "CustomTag",
