@@ -262,3 +262,27 @@ def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert proc.returncode == 2, (flags, proc.stderr)
+
+
+def test_cli_periodic_and_final_summaries(
+    tmp_path: Path, corpus: dict[str, Prepared], cli_factory: list[Cli]
+) -> None:
+    port = free_port()
+    argv = [*_launcher("python-m"), "--port", str(port), "--out-dir", str(tmp_path / "out")]
+    cli = Cli([*argv, "--stats-interval", "0.3"])
+    cli_factory.append(cli)
+    cli.wait_listening(port)
+    files = [corpus[n] for n in ("CT_small.dcm", "MR_small.dcm")]
+    storescu(port, [p.path for p in files], "-R", "-xe")
+    deadline = time.monotonic() + 15
+    while not any("stored 2 " in line for line in cli.stderr):
+        assert time.monotonic() < deadline, f"no periodic summary: {''.join(cli.stderr)[-2000:]}"
+        time.sleep(0.1)
+    periodic = [line for line in cli.stderr if "files/s;" in line]
+    assert periodic, cli.stderr
+    assert cli.interrupt() == 0
+    time.sleep(0.3)  # let the stderr pump read the last line
+    final = [line for line in cli.stderr if "final:" in line]
+    assert len(final) == 1, cli.stderr
+    assert "stored 2 " in final[0] and "failed 0" in final[0]
+    assert "associations 0 open / 2 total / 0 rejected" in final[0], final[0]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, cast
 
 from . import __version__
 from ._scp import EVENT_NAMES, StoreScp
-from ._types import S3Config, StorageBackend
+from ._types import S3Config, Stats, StorageBackend
 
 
 def _csv(value: str) -> list[str]:
@@ -236,7 +236,38 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print events as JSON lines")
     out.add_argument("--verbose", "-v", action="store_true", help="log associations and files")
+    out.add_argument(
+        "--stats-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="print a one-line summary to stderr this often (0 = never; default 60);"
+        " a final summary is always printed on exit",
+    )
     return p
+
+
+def _summary(stats: Stats, previous: Optional[Stats], seconds: float) -> str:
+    line = (
+        f"stored {stats['objects_stored']} ({stats['bytes_stored'] / 1e6:.1f} MB), "
+        f"failed {stats['objects_failed']}, associations {stats['associations_open']} open / "
+        f"{stats['associations_total']} total / {stats['associations_rejected']} rejected, "
+        f"studies {stats['studies_pending']} pending / {stats['studies_completed']} completed"
+    )
+    if previous is not None and seconds > 0:
+        rate = (stats["objects_stored"] - previous["objects_stored"]) / seconds
+        line = f"{rate:.1f} files/s; " + line
+    return line
+
+
+def _report_periodically(scp: StoreScp, interval: float, done: threading.Event) -> None:
+    previous = scp.stats()
+    while not done.wait(interval):
+        current = scp.stats()
+        print(
+            f"dicom-storescp: {_summary(current, previous, interval)}", file=sys.stderr, flush=True
+        )
+        previous = current
 
 
 def _emit(args: argparse.Namespace, name: str, event: Any) -> None:
@@ -374,7 +405,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as e:
         print(f"dicom-storescp: {e}", file=sys.stderr)
         return 1
-    scp.listen()
+    done = threading.Event()
+    if args.stats_interval > 0:
+        threading.Thread(
+            target=_report_periodically,
+            args=(scp, args.stats_interval, done),
+            name="dicom-storescp-summary",
+            daemon=True,
+        ).start()
+    try:
+        scp.listen()
+    finally:
+        done.set()
+        print(
+            f"dicom-storescp: final: {_summary(scp.stats(), None, 0)}", file=sys.stderr, flush=True
+        )
     return 0
 
 
