@@ -109,6 +109,20 @@ class Prepared:
     study_instance_uid: str
     series_instance_uid: str
 
+    @classmethod
+    def from_dataset(cls, ds: pydicom.Dataset, path: Path, flag: str = "-xe") -> Prepared:
+        """The identifiers of `ds`, a data set saved (with file meta) at `path`."""
+        return cls(
+            name=path.name,
+            flag=flag,
+            path=path,
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            study_instance_uid=str(ds.StudyInstanceUID),
+            series_instance_uid=str(ds.SeriesInstanceUID),
+        )
+
     def expected_path(self, out_dir: Path) -> Path:
         return (
             out_dir
@@ -151,16 +165,7 @@ def _prepare(sample: Sample, dest_dir: Path, scratch: Path, seen: set[str]) -> P
     subprocess.run([*cmd, str(src), str(dest)], check=True, timeout=60)
 
     out = pydicom.dcmread(dest, stop_before_pixels=True)
-    return Prepared(
-        name=sample.name,
-        flag=sample.flag,
-        path=dest,
-        transfer_syntax_uid=str(out.file_meta.TransferSyntaxUID),
-        sop_class_uid=str(out.SOPClassUID),
-        sop_instance_uid=str(out.SOPInstanceUID),
-        study_instance_uid=str(out.StudyInstanceUID),
-        series_instance_uid=str(out.SeriesInstanceUID),
-    )
+    return Prepared.from_dataset(out, dest, sample.flag)
 
 
 @pytest.fixture(scope="session")
@@ -209,18 +214,7 @@ def generate_objects(
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         path = dest / f"obj{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
-        out.append(
-            Prepared(
-                name=path.name,
-                flag="-xe",
-                path=path,
-                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                study_instance_uid=str(ds.StudyInstanceUID),
-                series_instance_uid=str(ds.SeriesInstanceUID),
-            )
-        )
+        out.append(Prepared.from_dataset(ds, path))
     return out
 
 

@@ -64,16 +64,7 @@ def big_file(tmp_path_factory: pytest.TempPathFactory, base_dataset_file: Path) 
     ds.PixelData = os.urandom(3000 * 5000 * 2)
     path = tmp_path_factory.mktemp("big") / "big.dcm"
     ds.save_as(path, enforce_file_format=True)
-    return Prepared(
-        name=path.name,
-        flag="-xe",
-        path=path,
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        sop_class_uid=str(ds.SOPClassUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=str(ds.SeriesInstanceUID),
-    )
+    return Prepared.from_dataset(ds, path)
 
 
 def s3_scp(
