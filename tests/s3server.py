@@ -195,6 +195,25 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 Fault = Callable[[str, str], Optional[int]]
 
 
+class RefusingPort:
+    """A loopback port where every connection is refused, for as long as the
+    object lives: the socket is bound but never listens, so the kernel answers
+    SYN with RST and no other listener (a receiver of the same test run, say)
+    can be given the port meanwhile."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((HOST, 0))
+        self.port = int(self._sock.getsockname()[1])
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class FaultProxy:
     """An HTTP/1.1 forwarder in front of the S3 server that can answer chosen
     requests with an error instead, or stop accepting connections.

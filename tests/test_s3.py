@@ -33,7 +33,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.dsutils import encode
 from rawdul import EXPLICIT_LE, RawAssociation, c_store_rq
-from s3server import FaultProxy, MotoS3
+from s3server import FaultProxy, MotoS3, RefusingPort
 
 OUT_OF_RESOURCES = 0xA700
 MIB = 1024 * 1024
@@ -281,14 +281,15 @@ def test_wrong_secret_with_check_skipped_fails_every_store(
 
 
 def test_unreachable_endpoint(
+    request: pytest.FixtureRequest,
     scp_factory: Callable[..., RunningScp],
     moto: MotoS3,
     bucket: str,
     base_dataset_file: Path,
     tmp_path: Path,
 ) -> None:
-    closed = FaultProxy(moto.port)
-    closed.close()
+    closed = RefusingPort()
+    request.addfinalizer(closed.close)
     config = moto.s3_config(bucket, endpoint=closed.endpoint, max_retries=1)
     with pytest.raises(OSError, match=r"cannot connect"):
         StoreScp(port=0, host=HOST, storage_backend="S3", s3_config=config).start()
