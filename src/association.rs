@@ -9,7 +9,7 @@ use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderPresentationReason, AssociationRJSource, Pdu,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::ServerConfig;
@@ -20,10 +20,11 @@ use crate::negotiation::{
     VERIFICATION,
 };
 use crate::pdu::{self, PduError, PduReader};
-use crate::receive::{self, Incoming, SpoolPlace, StoreFailure};
+use crate::receive::{self, Incoming};
 use crate::storage::{is_valid_uid, Storage};
 use crate::study::{InstanceRecord, StudyTracker};
 use crate::tags::Extraction;
+use crate::writer::{SpoolPlace, Writer};
 
 /// Everything an association needs from its server.
 pub struct ServerContext {
@@ -91,7 +92,7 @@ fn result_name(result: &AssociationRJResult) -> &'static str {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-type Io<S> = BufReader<S>;
+type Io<S> = S;
 
 /// Why the message loop ended.
 enum End {
@@ -131,6 +132,10 @@ struct Session {
     receiving: Option<Receiving>,
     discarding: Option<Discarding>,
     stored: u64,
+    /// The association's writer thread, started with its first object.
+    writer: Option<Writer>,
+    /// Objects begun on this association.
+    objects: u64,
 }
 
 async fn timed<T>(limit: Option<Duration>, fut: impl std::future::Future<Output = T>) -> Option<T> {
@@ -142,7 +147,7 @@ async fn timed<T>(limit: Option<Duration>, fut: impl std::future::Future<Output 
 
 /// Refuse an association because the server is at its limit.
 pub async fn reject_busy<S: Stream>(stream: S, ctx: Arc<ServerContext>, peer: String) {
-    let mut io = BufReader::new(stream);
+    let mut io = stream;
     let mut reader = PduReader::default();
     let first = timed(
         ctx.config.acse_timeout,
@@ -172,7 +177,7 @@ pub async fn reject_busy<S: Stream>(stream: S, ctx: Arc<ServerContext>, peer: St
                 ),
             };
             rejected.result = result_name(&rj.result);
-            pdu::send_quietly(io.get_mut(), &pdu::reject_pdu(rj)).await;
+            pdu::send_quietly(&mut io, &pdu::reject_pdu(rj)).await;
             ctx.rejected(rejected);
         }
     }
@@ -181,7 +186,7 @@ pub async fn reject_busy<S: Stream>(stream: S, ctx: Arc<ServerContext>, peer: St
 
 /// Send an A-ABORT (service provider) and close the way the state machine wants.
 async fn abort_and_close<S: Stream>(io: &mut Io<S>, reason: AbortRQServiceProviderReason) {
-    pdu::send_quietly(io.get_mut(), &pdu::abort_pdu(reason)).await;
+    pdu::send_quietly(io, &pdu::abort_pdu(reason)).await;
     pdu::close_after_last_pdu(io).await;
 }
 
@@ -192,7 +197,7 @@ pub async fn serve<S: Stream>(
     ctx: Arc<ServerContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut io = BufReader::with_capacity(64 * 1024, stream);
+    let mut io = stream;
     let mut reader = PduReader::default();
     let events = ctx.events.clone();
 
@@ -216,7 +221,7 @@ pub async fn serve<S: Stream>(
             });
             if matches!(e, PduError::TooLarge { .. }) {
                 pdu::send_quietly(
-                    io.get_mut(),
+                    &mut io,
                     &pdu::abort_pdu(AbortRQServiceProviderReason::InvalidPduParameter),
                 )
                 .await;
@@ -261,14 +266,14 @@ pub async fn serve<S: Stream>(
                 reason: rejection.reason,
                 result: result_name(&rejection.rj.result),
             });
-            pdu::send_quietly(io.get_mut(), &pdu::reject_pdu(rejection.rj)).await;
+            pdu::send_quietly(&mut io, &pdu::reject_pdu(rejection.rj)).await;
             pdu::close_after_last_pdu(&mut io).await;
             return;
         }
     };
     match pdu::encode(&Pdu::AssociationAC(negotiated.ac)) {
         Ok(bytes) => {
-            if io.get_mut().write_all(&bytes).await.is_err() {
+            if io.write_all(&bytes).await.is_err() {
                 return;
             }
         }
@@ -300,6 +305,8 @@ pub async fn serve<S: Stream>(
         receiving: None,
         discarding: None,
         stored: 0,
+        writer: None,
+        objects: 0,
     };
     let end = session.run(&mut io, &mut reader, &mut shutdown).await;
     session.finish(&mut io, end).await;
@@ -383,7 +390,7 @@ impl Session {
                 }
                 pdu::A_RELEASE_RQ => {
                     let rp = dicom_ul::pdu::Pdu::ReleaseRP;
-                    pdu::send_quietly(io.get_mut(), &rp).await;
+                    pdu::send_quietly(io, &rp).await;
                     return End::Released;
                 }
                 pdu::A_ABORT => return End::PeerAborted,
@@ -404,6 +411,20 @@ impl Session {
         }
     }
 
+    /// The association's writer, started on first use.
+    fn writer(&mut self) -> std::io::Result<Writer> {
+        if let Some(w) = &self.writer {
+            return Ok(w.clone());
+        }
+        let place = SpoolPlace {
+            dir: self.ctx.storage.spool_dir().to_path_buf(),
+            anonymous: self.ctx.storage.anonymous_spool(),
+        };
+        let w = Writer::start(place, self.ctx.storage.clone())?;
+        self.writer = Some(w.clone());
+        Ok(w)
+    }
+
     fn context(&self, id: u8) -> Option<&AcceptedContext> {
         self.contexts.iter().find(|c| c.id == id)
     }
@@ -416,8 +437,7 @@ impl Session {
     ) -> Result<(), End> {
         let bytes =
             pdu::encode_pdata(context_id, true, command).map_err(|e| End::Io(e.to_string()))?;
-        io.get_mut()
-            .write_all(&bytes)
+        io.write_all(&bytes)
             .await
             .map_err(|e| End::Io(e.to_string()))
     }
@@ -631,11 +651,28 @@ impl Session {
         } else {
             Vec::new()
         };
-        let place = SpoolPlace {
-            dir: self.ctx.storage.spool_dir().to_path_buf(),
-            anonymous: self.ctx.storage.anonymous_spool(),
+        let writer = match self.writer() {
+            Ok(w) => w,
+            Err(e) => {
+                let (response, message, status) = refuse(
+                    status::OUT_OF_RESOURCES,
+                    format!("cannot start a writer: {e}"),
+                );
+                self.discarding = Some(Discarding {
+                    context_id: context.id,
+                    response,
+                    error: Some(self.error_info(message, Some(&sop_instance_uid), Some(status))),
+                });
+                return Ok(());
+            }
         };
-        let incoming = Incoming::new(place, prefix);
+        self.objects += 1;
+        let incoming = Incoming::new(
+            writer,
+            self.objects,
+            self.ctx.storage.memory_limit(),
+            prefix,
+        );
         self.receiving = Some(Receiving {
             cmd,
             sop_class_uid,
@@ -654,23 +691,14 @@ impl Session {
             context,
             incoming,
         } = r;
-        let result = match incoming.finish().await {
-            Err(e) => Err(StoreFailure {
-                status: status::OUT_OF_RESOURCES,
-                message: format!("cannot spool object: {e}"),
-            }),
-            Ok((object, offset)) => {
-                receive::complete(
-                    object,
-                    offset,
-                    &context.transfer_syntax,
-                    &sop_instance_uid,
-                    self.ctx.extraction.clone(),
-                    self.ctx.storage.as_ref(),
-                )
-                .await
-            }
-        };
+        let result = receive::complete(
+            incoming,
+            &context.transfer_syntax,
+            &sop_instance_uid,
+            self.ctx.extraction.clone(),
+            self.ctx.storage.as_ref(),
+        )
+        .await;
         let (status, comment) = match &result {
             Ok(_) => (status::SUCCESS, None),
             Err(f) => (f.status, Some(f.message.as_str())),
@@ -776,12 +804,12 @@ impl Session {
         }
         let we_spoke_last = send_abort.is_some() || matches!(end, End::Released);
         if let Some(reason) = send_abort {
-            pdu::send_quietly(io.get_mut(), &pdu::abort_pdu(reason)).await;
+            pdu::send_quietly(io, &pdu::abort_pdu(reason)).await;
         }
         if we_spoke_last {
             pdu::close_after_last_pdu(io).await;
         } else {
-            let _ = io.get_mut().shutdown().await;
+            let _ = io.shutdown().await;
         }
         let level = match end {
             End::Abort(..) | End::Io(_) => Level::Warning,

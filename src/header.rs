@@ -128,6 +128,9 @@ pub struct Header {
     /// Values that could not be decoded exactly (charset problems), values
     /// too long to extract: worth a log line, not a failure.
     pub warnings: Vec<String>,
+    /// Reading stopped at an element past everything wanted (not at the end
+    /// of the input or at an error): reading more input would add nothing.
+    pub complete: bool,
 }
 
 impl Header {
@@ -277,6 +280,7 @@ pub fn read_header<R: Read>(
         };
         let tag = h.tag();
         if tag > plan.stop || tag >= PIXEL_DATA_START {
+            header.complete = true;
             break;
         }
         let step = match h.length().get() {
@@ -349,6 +353,7 @@ pub fn read_header<R: Read>(
             break;
         }
         if tag >= plan.stop {
+            header.complete = true;
             break;
         }
     }
@@ -547,6 +552,14 @@ mod tests {
         assert_eq!(h.get(SERIES_INSTANCE_UID), Some("1.2.3.5"));
         assert_eq!(h.get(Tag(0x0010, 0x0010)), None);
         assert!(h.error.is_none());
+        assert!(h.complete);
+        // a head that ends before the last wanted tag is not complete,
+        // whether it ends between elements or inside one
+        let end_of_study = ds.len() - 8 - ele(0x0020, 0x000E, b"UI", b"1.2.3.5\0").len();
+        for cut in [end_of_study, end_of_study + 3] {
+            let h = read_header(&ds[..cut], EXPLICIT_LE, &HeaderPlan::identifying()).unwrap();
+            assert!(!h.complete, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - [`negotiation`]: presentation context policy, A-ASSOCIATE-AC/RJ
 //! - [`dimse`]: command sets (C-ECHO, C-STORE) in and out
 //! - [`association`]: one association's state machine and timeouts
-//! - [`receive`]: streaming an object to a spool, checking it, storing it
+//! - [`receive`]: gathering an object's fragments, checking it, storing it
+//! - [`writer`]: an association's blocking file work, on a thread of its own
 //! - [`storage`]: storage backends behind one trait
 //! - [`header`]: reading UIDs and tags from the head of a data set
 //! - [`charset`]: decoding text per Specific Character Set
@@ -33,6 +34,7 @@ pub mod study;
 pub mod tags;
 pub mod tls;
 pub mod uid_tables;
+pub mod writer;
 
 #[cfg(feature = "python")]
 mod python;

@@ -32,6 +32,10 @@ pub const NON_STRICT_PDU_CEILING: u32 = 16 << 20;
 /// that lies about the size never allocates more than what actually arrives.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Initial size of the receive buffer: one read usually brings several
+/// PDUs of the common sizes (16 KiB), so the kernel is asked less often.
+pub const READ_BUFFER: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PduError {
     #[error("connection closed by peer")]
@@ -58,59 +62,112 @@ impl RawPdu<'_> {
     }
 }
 
-/// Reads PDUs one at a time into a reused buffer.
-#[derive(Default)]
+/// Reads PDUs one at a time. The reader does its own buffering: each read
+/// asks the socket for as much as fits, and a PDU that arrived whole is
+/// handed out in place, without another copy.
 pub struct PduReader {
+    /// Initialised storage; `buf[start..end]` holds received, unread bytes.
     buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Length of the PDU handed out last, dropped at the next read.
+    handed_out: usize,
+}
+
+impl Default for PduReader {
+    fn default() -> Self {
+        PduReader {
+            buf: vec![0; READ_BUFFER],
+            start: 0,
+            end: 0,
+            handed_out: 0,
+        }
+    }
 }
 
 impl PduReader {
+    fn available(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Receive more bytes, making room for a PDU of `want` bytes (growing
+    /// the buffer by at most [`READ_CHUNK`] per call beyond what it holds).
+    async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+        want: usize,
+    ) -> Result<(), PduError> {
+        if self.start + want > self.buf.len() && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            let grown = want.min(self.buf.len() + READ_CHUNK);
+            self.buf.resize(grown.max(self.end + 1), 0);
+        }
+        let target = self
+            .buf
+            .get_mut(self.end..)
+            .ok_or(PduError::Malformed("buffer"))?;
+        let n = stream.read(target).await?;
+        if n == 0 {
+            return Err(PduError::Closed);
+        }
+        self.end += n;
+        Ok(())
+    }
+
     /// Read the next PDU whose body must not exceed `limit` bytes.
     pub async fn read<R: AsyncRead + Unpin>(
         &mut self,
         stream: &mut R,
         limit: u32,
     ) -> Result<RawPdu<'_>, PduError> {
-        let mut header = [0u8; HEADER_LEN];
-        match stream.read_exact(&mut header).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(PduError::Closed)
-            }
-            Err(e) => return Err(e.into()),
+        self.start += std::mem::take(&mut self.handed_out);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
-        let [pdu_type, _, l0, l1, l2, l3] = header;
+        while self.available() < HEADER_LEN {
+            self.fill(stream, HEADER_LEN).await?;
+        }
+        let header = self
+            .buf
+            .get(self.start..self.start + HEADER_LEN)
+            .and_then(|h| h.first_chunk::<HEADER_LEN>())
+            .ok_or(PduError::Malformed("buffer"))?;
+        let [pdu_type, _, l0, l1, l2, l3] = *header;
         let length = u32::from_be_bytes([l0, l1, l2, l3]);
         if length > limit {
             return Err(PduError::TooLarge { length, limit });
         }
         let total = HEADER_LEN + length as usize;
-        self.buf.clear();
-        self.buf.extend_from_slice(&header);
-        while self.buf.len() < total {
-            let want = (total - self.buf.len()).min(READ_CHUNK);
-            let start = self.buf.len();
-            self.buf.resize(start + want, 0);
-            let target = self
-                .buf
-                .get_mut(start..)
-                .ok_or(PduError::Malformed("buffer"))?;
-            let n = stream.read(target).await?;
-            self.buf.truncate(start + n);
-            if n == 0 {
-                return Err(PduError::Closed);
-            }
+        while self.available() < total {
+            self.fill(stream, total).await?;
         }
-        Ok(RawPdu {
-            pdu_type,
-            bytes: &self.buf,
-        })
+        let bytes = self
+            .buf
+            .get(self.start..self.start + total)
+            .ok_or(PduError::Malformed("buffer"))?;
+        self.handed_out = total;
+        Ok(RawPdu { pdu_type, bytes })
     }
 
     /// Release memory held after a large PDU, keeping a modest buffer.
     pub fn shrink(&mut self, keep: usize) {
-        if self.buf.capacity() > keep.saturating_mul(2) {
-            self.buf = Vec::with_capacity(keep);
+        let keep = keep.max(READ_BUFFER);
+        if self.buf.len() > keep.saturating_mul(2) && self.available() <= keep {
+            let consumed = self.start + self.handed_out;
+            let rest = self.buf.get(consumed..self.end).unwrap_or_default();
+            let mut fresh = vec![0; keep];
+            if let Some(dst) = fresh.get_mut(..rest.len()) {
+                dst.copy_from_slice(rest);
+            }
+            self.end = rest.len();
+            self.start = 0;
+            self.handed_out = 0;
+            self.buf = fresh;
         }
     }
 }
@@ -263,7 +320,7 @@ mod tests {
         let mut reader = PduReader::default();
         let err = reader.read(&mut wire, 1 << 20).await.err().unwrap();
         assert!(matches!(err, PduError::TooLarge { .. }));
-        assert!(reader.buf.capacity() < 1024);
+        assert!(reader.buf.capacity() <= READ_BUFFER);
     }
 
     #[tokio::test]
@@ -272,6 +329,69 @@ mod tests {
         let mut reader = PduReader::default();
         let err = reader.read(&mut wire, 1 << 20).await.err().unwrap();
         assert!(matches!(err, PduError::Closed));
+    }
+
+    /// A stream that hands out at most `step` bytes per read.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self
+                .step
+                .min(buf.remaining())
+                .min(self.data.len() - self.pos);
+            let pos = self.pos;
+            buf.put_slice(&self.data[pos..pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn pdu_bytes(pdu_type: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![pdu_type, 0];
+        v.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[tokio::test]
+    async fn pdus_split_and_packed_any_way_come_out_whole() {
+        let bodies: Vec<Vec<u8>> = [3usize, 70_000, 0, 16_384, 400_000, 10, 65_530]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 7 + j) as u8).collect())
+            .collect();
+        let wire: Vec<u8> = bodies
+            .iter()
+            .flat_map(|b| pdu_bytes(P_DATA_TF, b))
+            .collect();
+        for step in [1, 5, 6, 7, 4096, 65_536, 1 << 20] {
+            let mut stream = Trickle {
+                data: wire.clone(),
+                pos: 0,
+                step,
+            };
+            let mut reader = PduReader::default();
+            for body in &bodies {
+                let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+                assert_eq!(pdu.pdu_type, P_DATA_TF);
+                assert_eq!(pdu.body(), &body[..], "step {step}");
+                reader.shrink(16_384);
+            }
+            assert!(matches!(
+                reader.read(&mut stream, 1 << 20).await,
+                Err(PduError::Closed)
+            ));
+            assert!(reader.buf.len() <= 2 * READ_BUFFER);
+        }
     }
 
     #[tokio::test]

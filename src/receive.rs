@@ -1,98 +1,69 @@
-//! Receiving one object: fragments are spooled as they arrive (bounded
-//! memory whatever the object size), then the head of the data set is parsed
-//! for its UIDs, checked, and the object is handed to the storage backend.
+//! Receiving one object: fragments are gathered in memory and, past a
+//! backend-chosen size, passed in pieces to the association's writer thread
+//! while they arrive (bounded memory whatever the object size). Once the
+//! object is complete its header is read for the UIDs, checked, and the
+//! object is published.
 
-use std::io::{self, BufReader, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::sync::Arc;
 
 use dicom_core::Tag;
-use tokio::task::JoinHandle;
-
-use crate::tags::Extraction;
 
 use crate::dimse::status;
 use crate::header::{self, Header};
-use crate::storage::{is_valid_uid, ObjectKey, SpoolFile, Spooled, Storage, Stored};
+use crate::storage::{is_valid_uid, ObjectKey, Spooled, Storage, Stored};
+use crate::tags::Extraction;
+use crate::writer::{Finished, Then, WriteError, Writer};
 
-/// Bytes gathered in memory before they are written out in one go. Objects
-/// smaller than this never touch a spool file.
+/// Size of the pieces a big object is written in (once past
+/// [`LARGE_OBJECT`]), and the most an object may stay in memory.
 pub const SPILL_THRESHOLD: usize = 1024 * 1024;
 
-type WriteResult = (Option<SpoolFile>, Vec<u8>, io::Result<()>);
+/// Size of the pieces a mid-sized object is written in while it arrives, so
+/// that when its last fragment comes little is left to write (the sender
+/// waits for that) and each piece is written while still in the cache.
+pub const STREAM_CHUNK: usize = 128 * 1024;
+
+/// Past this size an object is written in [`SPILL_THRESHOLD`] pieces.
+const LARGE_OBJECT: u64 = 4 * 1024 * 1024;
+
+/// The first bytes of a data set kept in memory when the object is written
+/// while it arrives, so that its header can usually be read without reading
+/// the file back.
+const HEAD_LEN: usize = 64 * 1024;
 
 /// An object being received.
 pub struct Incoming {
-    place: SpoolPlace,
+    writer: Writer,
+    /// The object's number on this association (the writer's key for it).
+    seq: u64,
+    /// Received bytes not yet passed to the writer.
     buf: Vec<u8>,
-    spare: Vec<u8>,
-    file: Option<SpoolFile>,
-    pending: Option<JoinHandle<WriteResult>>,
+    /// Objects up to this size stay in memory until complete.
+    memory_limit: usize,
     len: u64,
     /// Where the data set starts (after a file meta prefix, if any).
     dataset_offset: usize,
-    error: Option<io::Error>,
-}
-
-/// Where and how spool files are created.
-#[derive(Debug, Clone)]
-pub struct SpoolPlace {
-    pub dir: PathBuf,
-    pub anonymous: bool,
-}
-
-impl SpoolPlace {
-    fn create_once(&self) -> io::Result<SpoolFile> {
-        if self.anonymous {
-            SpoolFile::create_anonymous(&self.dir)
-        } else {
-            SpoolFile::create(&self.dir)
-        }
-    }
-
-    /// Create a spool file (blocking); a spool directory removed behind the
-    /// server's back (out_dir deleted, volume remounted) is made again.
-    pub fn create(&self) -> io::Result<SpoolFile> {
-        match self.create_once() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.dir)?;
-                self.create_once()
-            }
-            other => other,
-        }
-    }
-}
-
-fn write_chunk(place: SpoolPlace, file: Option<SpoolFile>, buf: Vec<u8>) -> WriteResult {
-    let mut file = match file {
-        Some(f) => f,
-        None => match place.create() {
-            Ok(f) => f,
-            Err(e) => return (None, buf, Err(e)),
-        },
-    };
-    let result = file.file.write_all(&buf);
-    if result.is_ok() {
-        file.len += buf.len() as u64;
-    }
-    (Some(file), buf, result)
+    /// The data set's first bytes, once pieces went to the writer.
+    head: Option<Vec<u8>>,
+    error: Option<WriteError>,
 }
 
 impl Incoming {
-    /// Start an object; `prefix` (the Part-10 preamble and meta group when
-    /// storing with file meta) is written before the data set.
-    pub fn new(place: SpoolPlace, prefix: Vec<u8>) -> Self {
+    /// Start object `seq`; `prefix` (the Part-10 preamble and meta group
+    /// when storing with file meta) comes before the data set.
+    pub fn new(writer: Writer, seq: u64, memory_limit: usize, prefix: Vec<u8>) -> Self {
         let dataset_offset = prefix.len();
-        let mut buf = prefix;
-        buf.reserve(16 * 1024);
+        let mut buf = writer.buffer();
+        buf.extend_from_slice(&prefix);
         Incoming {
-            place,
+            writer,
+            seq,
             buf,
-            spare: Vec::new(),
-            file: None,
-            pending: None,
+            memory_limit,
             len: dataset_offset as u64,
             dataset_offset,
+            head: None,
             error: None,
         }
     }
@@ -106,7 +77,18 @@ impl Incoming {
         self.len == 0
     }
 
-    /// Append a fragment. A write failure is remembered (and the rest of the
+    /// How many buffered bytes make a piece.
+    fn piece_size(&self) -> usize {
+        if self.head.is_none() {
+            self.memory_limit
+        } else if self.len <= LARGE_OBJECT {
+            STREAM_CHUNK.max(self.memory_limit.min(SPILL_THRESHOLD))
+        } else {
+            SPILL_THRESHOLD
+        }
+    }
+
+    /// Append a fragment. A failure is remembered (and the rest of the
     /// object discarded) so that the association can still read the object
     /// to its end and answer with a failure status.
     pub async fn push(&mut self, data: &[u8]) {
@@ -115,62 +97,16 @@ impl Incoming {
             return;
         }
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= SPILL_THRESHOLD {
-            self.flush().await;
-        }
-    }
-
-    async fn wait_pending(&mut self) {
-        if let Some(handle) = self.pending.take() {
-            match handle.await {
-                Ok((file, mut buf, result)) => {
-                    self.file = file;
-                    buf.clear();
-                    self.spare = buf;
-                    if let Err(e) = result {
-                        self.error = Some(e);
-                    }
-                }
-                Err(e) => self.error = Some(io::Error::other(e.to_string())),
+        if self.buf.len() > self.piece_size() {
+            if self.head.is_none() {
+                let start = self.dataset_offset.min(self.buf.len());
+                let end = start.saturating_add(HEAD_LEN).min(self.buf.len());
+                self.head = Some(self.buf.get(start..end).unwrap_or_default().to_vec());
             }
-        }
-    }
-
-    /// Start writing the buffer in the background (one write in flight at a
-    /// time, so reception and disk writes overlap).
-    async fn flush(&mut self) {
-        self.wait_pending().await;
-        if self.error.is_some() {
-            self.buf.clear();
-            return;
-        }
-        let buf = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
-        let file = self.file.take();
-        let place = self.place.clone();
-        self.pending = Some(tokio::task::spawn_blocking(move || {
-            write_chunk(place, file, buf)
-        }));
-    }
-
-    /// All fragments arrived: the complete object, or the write error.
-    pub async fn finish(mut self) -> io::Result<(Spooled, usize)> {
-        self.wait_pending().await;
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        let offset = self.dataset_offset;
-        match self.file.take() {
-            None => Ok((Spooled::Memory(std::mem::take(&mut self.buf)), offset)),
-            Some(file) => {
-                let buf = std::mem::take(&mut self.buf);
-                let place = self.place.clone();
-                let (file, _, result) =
-                    tokio::task::spawn_blocking(move || write_chunk(place, Some(file), buf))
-                        .await
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                result?;
-                let file = file.ok_or_else(|| io::Error::other("spool file lost"))?;
-                Ok((Spooled::File(file), offset))
+            let piece = std::mem::replace(&mut self.buf, self.writer.buffer());
+            if let Err(e) = self.writer.piece(self.seq, piece).await {
+                self.error = Some(e);
+                self.buf.clear();
             }
         }
     }
@@ -190,6 +126,10 @@ impl StoreFailure {
             message: message.into(),
         }
     }
+
+    fn resources(e: impl std::fmt::Display) -> Self {
+        StoreFailure::new(status::OUT_OF_RESOURCES, e.to_string())
+    }
 }
 
 /// What a successful store produced.
@@ -200,46 +140,45 @@ pub struct StoreOutcome {
     pub key: ObjectKey,
 }
 
-/// Parse the head of the data set (in memory, or from the spool file off the
-/// async threads).
-async fn parse_header(
+fn cannot_parse(e: header::HeaderError) -> StoreFailure {
+    StoreFailure::new(
+        status::CANNOT_UNDERSTAND,
+        format!("cannot read data set: {e}"),
+    )
+}
+
+/// Read the header of a spooled object from its file, off the async threads.
+async fn header_from_file(
     object: Spooled,
     offset: usize,
     ts: &str,
     extraction: Arc<Extraction>,
 ) -> Result<(Spooled, Header), StoreFailure> {
-    let cannot_parse = |e: header::HeaderError| {
-        StoreFailure::new(
-            status::CANNOT_UNDERSTAND,
-            format!("cannot read data set: {e}"),
-        )
-    };
-    match object {
-        Spooled::Memory(bytes) => {
-            let dataset = bytes.get(offset..).unwrap_or_default();
-            let header =
-                header::read_header(dataset, ts, extraction.plan()).map_err(cannot_parse)?;
-            Ok((Spooled::Memory(bytes), header))
-        }
-        Spooled::File(spool) => {
-            let ts = ts.to_string();
-            tokio::task::spawn_blocking(move || {
-                let read = || -> io::Result<std::fs::File> {
+    let ts = ts.to_string();
+    tokio::task::spawn_blocking(move || {
+        let header = match &object {
+            Spooled::Memory(bytes) => header::read_header(
+                bytes.get(offset..).unwrap_or_default(),
+                &ts,
+                extraction.plan(),
+            ),
+            Spooled::File(spool) => {
+                let open = || -> io::Result<std::fs::File> {
                     let mut f = spool.file.try_clone()?;
                     f.seek(SeekFrom::Start(offset as u64))?;
                     Ok(f)
                 };
-                let f = read().map_err(|e| {
+                let f = open().map_err(|e| {
                     StoreFailure::new(status::OUT_OF_RESOURCES, format!("cannot read spool: {e}"))
                 })?;
-                let header = header::read_header(BufReader::new(f), &ts, extraction.plan())
-                    .map_err(cannot_parse)?;
-                Ok((Spooled::File(spool), header))
-            })
-            .await
-            .map_err(|e| StoreFailure::new(status::OUT_OF_RESOURCES, e.to_string()))?
+                header::read_header(BufReader::new(f), &ts, extraction.plan())
+            }
         }
-    }
+        .map_err(cannot_parse)?;
+        Ok((object, header))
+    })
+    .await
+    .map_err(StoreFailure::resources)?
 }
 
 fn required_uid<'a>(header: &'a Header, tag: Tag, name: &str) -> Result<&'a str, StoreFailure> {
@@ -261,18 +200,10 @@ fn required_uid<'a>(header: &'a Header, tag: Tag, name: &str) -> Result<&'a str,
     Ok(uid)
 }
 
-/// Check a completely received object and store it.
-pub async fn complete(
-    object: Spooled,
-    dataset_offset: usize,
-    transfer_syntax: &str,
-    expected_sop_instance_uid: &str,
-    extraction: Arc<Extraction>,
-    storage: &dyn Storage,
-) -> Result<StoreOutcome, StoreFailure> {
-    let (object, header) =
-        parse_header(object, dataset_offset, transfer_syntax, extraction).await?;
-    let sop = required_uid(&header, header::SOP_INSTANCE_UID, "SOP Instance UID")?;
+/// The storage key of a data set whose header was read, checked against the
+/// command's SOP Instance UID.
+fn object_key(header: &Header, expected_sop_instance_uid: &str) -> Result<ObjectKey, StoreFailure> {
+    let sop = required_uid(header, header::SOP_INSTANCE_UID, "SOP Instance UID")?;
     if sop != expected_sop_instance_uid {
         return Err(StoreFailure::new(
             status::DATASET_MISMATCH,
@@ -281,25 +212,116 @@ pub async fn complete(
             ),
         ));
     }
-    let key = ObjectKey {
-        study_instance_uid: required_uid(
-            &header,
-            header::STUDY_INSTANCE_UID,
-            "Study Instance UID",
-        )?
-        .to_string(),
+    Ok(ObjectKey {
+        study_instance_uid: required_uid(header, header::STUDY_INSTANCE_UID, "Study Instance UID")?
+            .to_string(),
         series_instance_uid: required_uid(
-            &header,
+            header,
             header::SERIES_INSTANCE_UID,
             "Series Instance UID",
         )?
         .to_string(),
         sop_instance_uid: sop.to_string(),
+    })
+}
+
+/// Where the object is once its header is known.
+enum Progress {
+    /// Its last bytes are still with us: the writer finishes and publishes.
+    Open(Vec<u8>),
+    /// Complete and spooled (its header had to be read from the file).
+    Spooled(Spooled),
+}
+
+/// Check a completely received object and store it.
+pub async fn complete(
+    incoming: Incoming,
+    transfer_syntax: &str,
+    expected_sop_instance_uid: &str,
+    extraction: Arc<Extraction>,
+    storage: &dyn Storage,
+) -> Result<StoreOutcome, StoreFailure> {
+    let Incoming {
+        writer,
+        seq,
+        buf,
+        dataset_offset: offset,
+        head,
+        error,
+        ..
+    } = incoming;
+    if let Some(e) = error {
+        return Err(StoreFailure::resources(e));
+    }
+    // The header is read from memory: the whole object, or the head of one
+    // that was written while it arrived (when the head holds all of it).
+    let in_memory = match &head {
+        None => Some(
+            header::read_header(
+                buf.get(offset..).unwrap_or_default(),
+                transfer_syntax,
+                extraction.plan(),
+            )
+            .map_err(cannot_parse),
+        ),
+        Some(head) => {
+            match header::read_header(head.as_slice(), transfer_syntax, extraction.plan()) {
+                Ok(h) if h.complete => Some(Ok(h)),
+                _ => None,
+            }
+        }
+    };
+    let (header, progress) = match in_memory {
+        Some(Ok(header)) => (header, Progress::Open(buf)),
+        Some(Err(failure)) => {
+            writer.discard(seq).await;
+            return Err(failure);
+        }
+        None => {
+            let object = match writer.finish(seq, buf, Then::Return).await {
+                Ok(Finished::Spooled(object)) => object,
+                Ok(Finished::Published(_)) => {
+                    return Err(StoreFailure::resources("object published unchecked"))
+                }
+                Err(e) => return Err(StoreFailure::resources(e)),
+            };
+            let (object, header) =
+                header_from_file(object, offset, transfer_syntax, extraction).await?;
+            (header, Progress::Spooled(object))
+        }
+    };
+    let key = match object_key(&header, expected_sop_instance_uid) {
+        Ok(key) => key,
+        Err(failure) => {
+            if matches!(progress, Progress::Open(_)) {
+                writer.discard(seq).await;
+            }
+            return Err(failure);
+        }
+    };
+    let object = match progress {
+        Progress::Open(tail) => {
+            match writer
+                .finish(seq, tail, Then::Publish(key.clone()))
+                .await
+                .map_err(StoreFailure::resources)?
+            {
+                Finished::Published(stored) => {
+                    return Ok(StoreOutcome {
+                        stored,
+                        header,
+                        key,
+                    })
+                }
+                Finished::Spooled(object) => object,
+            }
+        }
+        Progress::Spooled(object) => object,
     };
     let stored = storage
         .commit(object, key.clone())
         .await
-        .map_err(|e| StoreFailure::new(status::OUT_OF_RESOURCES, e.to_string()))?;
+        .map_err(StoreFailure::resources)?;
     Ok(StoreOutcome {
         stored,
         header,
@@ -310,56 +332,87 @@ pub async fn complete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::fs::FilesystemStorage;
+    use crate::writer::SpoolPlace;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn small_objects_stay_in_memory_large_ones_spill() {
-        let dir = tempfile::tempdir().unwrap();
-        let place = |anonymous| SpoolPlace {
-            dir: dir.path().to_path_buf(),
-            anonymous,
+    fn writer(dir: &std::path::Path) -> (Writer, std::path::PathBuf) {
+        let storage = FilesystemStorage::new(dir).unwrap();
+        let spool = storage.spool_dir().to_path_buf();
+        let place = SpoolPlace {
+            dir: spool.clone(),
+            anonymous: false,
         };
-        let mut small = Incoming::new(place(false), b"PRE".to_vec());
-        small.push(b"abc").await;
-        let (spooled, off) = small.finish().await.unwrap();
-        assert_eq!(off, 3);
-        assert!(matches!(spooled, Spooled::Memory(ref b) if b == b"PREabc"));
+        (Writer::start(place, Arc::new(storage)).unwrap(), spool)
+    }
 
-        let mut big = Incoming::new(place(false), Vec::new());
-        let chunk = vec![7u8; 16 * 1024];
-        for _ in 0..100 {
-            big.push(&chunk).await;
+    async fn finish(incoming: Incoming) -> Spooled {
+        let Incoming {
+            writer, seq, buf, ..
+        } = incoming;
+        match writer.finish(seq, buf, Then::Return).await.unwrap() {
+            Finished::Spooled(s) => s,
+            Finished::Published(_) => panic!("not asked to publish"),
         }
-        assert_eq!(big.len(), 1_638_400);
-        let (spooled, _) = big.finish().await.unwrap();
-        match spooled {
-            Spooled::File(f) => {
-                let data = std::fs::read(f.path().unwrap()).unwrap();
-                assert_eq!(data.len(), 1_638_400);
-                assert_eq!(f.len, 1_638_400);
-            }
-            Spooled::Memory(_) => panic!("should have spilled"),
-        }
-        // dropped spool files are removed
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn abandoned_object_leaves_nothing() {
+    async fn small_objects_stay_in_memory_large_ones_are_written_as_they_come() {
         let dir = tempfile::tempdir().unwrap();
-        let mut big = Incoming::new(
-            SpoolPlace {
-                dir: dir.path().to_path_buf(),
-                anonymous: false,
-            },
-            Vec::new(),
-        );
+        let (w, spool) = writer(dir.path());
+        let mut small = Incoming::new(w.clone(), 1, SPILL_THRESHOLD, b"PRE".to_vec());
+        small.push(b"abc").await;
+        assert!(small.head.is_none());
+        assert!(matches!(finish(small).await, Spooled::Memory(ref b) if b == b"PREabc"));
+
+        let data: Vec<u8> = (0..1_638_400u32).map(|i| (i % 251) as u8).collect();
+        for (seq, memory_limit) in [(2, STREAM_CHUNK), (3, SPILL_THRESHOLD)] {
+            let mut big = Incoming::new(w.clone(), seq, memory_limit, b"P".to_vec());
+            for chunk in data.chunks(16 * 1024) {
+                big.push(chunk).await;
+                assert!(big.buf.len() <= memory_limit.max(STREAM_CHUNK) + 16 * 1024);
+            }
+            assert_eq!(big.len(), 1_638_401);
+            assert_eq!(big.head.as_deref(), Some(&data[..HEAD_LEN]));
+            match finish(big).await {
+                Spooled::File(f) => {
+                    assert_eq!(f.len, 1_638_401);
+                    let stored = std::fs::read(f.path().unwrap()).unwrap();
+                    assert_eq!(&stored[..1], b"P");
+                    assert!(stored[1..] == data[..]);
+                }
+                Spooled::Memory(_) => panic!("should have been written"),
+            }
+        }
+        // dropped spool files are removed
+        assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_and_discarded_objects_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, spool) = writer(dir.path());
         let chunk = vec![1u8; 64 * 1024];
+        let empty = || std::fs::read_dir(&spool).unwrap().count() == 0;
+        // refused after pieces were written
+        let mut big = Incoming::new(w.clone(), 1, STREAM_CHUNK, Vec::new());
         for _ in 0..20 {
             big.push(&chunk).await;
         }
-        drop(big);
+        w.discard(1).await;
+        // superseded by the next object without a word (cannot happen on one
+        // association, but the writer must not mix them)
+        let mut other = Incoming::new(w.clone(), 2, STREAM_CHUNK, Vec::new());
+        for _ in 0..20 {
+            other.push(&chunk).await;
+        }
+        let mut last = Incoming::new(w.clone(), 3, STREAM_CHUNK, Vec::new());
+        for _ in 0..20 {
+            last.push(&chunk).await;
+        }
+        // the association ends mid-object: the writer thread drops it
+        drop((big, other, last, w));
         for _ in 0..100 {
-            if std::fs::read_dir(dir.path()).unwrap().count() == 0 {
+            if empty() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

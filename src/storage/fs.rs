@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{file_uri, BoxFuture, ObjectKey, SpoolFile, Spooled, Storage, StorageError, Stored};
+use super::{
+    file_uri, BlockingPublish, BoxFuture, ObjectKey, SpoolFile, Spooled, Storage, StorageError,
+    Stored,
+};
 
 /// Name of the spool directory inside `out_dir`.
 pub const SPOOL_DIR_NAME: &str = ".incoming";
@@ -142,7 +145,7 @@ impl FilesystemStorage {
         let mut spool = match object {
             Spooled::File(f) => f,
             Spooled::Memory(bytes) => {
-                let place = crate::receive::SpoolPlace {
+                let place = crate::writer::SpoolPlace {
                     dir: self.spool.clone(),
                     anonymous: self.anonymous,
                 };
@@ -182,6 +185,12 @@ impl FilesystemStorage {
     }
 }
 
+impl BlockingPublish for FilesystemStorage {
+    fn publish(&self, object: Spooled, key: &ObjectKey) -> Result<Stored, StorageError> {
+        FilesystemStorage::publish(self, object, key)
+    }
+}
+
 impl Storage for FilesystemStorage {
     fn spool_dir(&self) -> &Path {
         &self.spool
@@ -189,6 +198,14 @@ impl Storage for FilesystemStorage {
 
     fn anonymous_spool(&self) -> bool {
         self.anonymous
+    }
+
+    fn memory_limit(&self) -> usize {
+        crate::receive::STREAM_CHUNK
+    }
+
+    fn blocking_publisher(&self) -> Option<&dyn BlockingPublish> {
+        Some(self)
     }
 
     fn commit(

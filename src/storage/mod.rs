@@ -94,6 +94,7 @@ pub fn is_valid_uid(uid: &str) -> bool {
 pub struct SpoolFile {
     path: Option<PathBuf>,
     pub file: File,
+    /// Bytes written to `file`.
     pub len: u64,
 }
 
@@ -238,6 +239,12 @@ pub fn file_uri(path: &Path) -> String {
     out
 }
 
+/// Publishing a complete object with blocking calls (see
+/// [`Storage::blocking_publisher`]); the same contract as [`Storage::commit`].
+pub trait BlockingPublish: Send + Sync {
+    fn publish(&self, object: Spooled, key: &ObjectKey) -> Result<Stored, StorageError>;
+}
+
 /// A place where complete objects are stored.
 pub trait Storage: Send + Sync + 'static {
     /// Directory for spool files of objects still arriving.
@@ -247,6 +254,19 @@ pub trait Storage: Send + Sync + 'static {
     /// that publish through the file handle rather than the path.
     fn anonymous_spool(&self) -> bool {
         false
+    }
+
+    /// Objects up to this size are kept in memory until complete; larger
+    /// ones are written to a spool file while they arrive.
+    fn memory_limit(&self) -> usize {
+        crate::receive::SPILL_THRESHOLD
+    }
+
+    /// Backends that publish with plain blocking file operations offer them
+    /// here, to be run on the association's writer thread right after the
+    /// object's last bytes are written (one hand-off for both).
+    fn blocking_publisher(&self) -> Option<&dyn BlockingPublish> {
+        None
     }
 
     /// Store a complete object under `key`, atomically: on success it is at
