@@ -261,3 +261,37 @@ def test_events_needs_a_running_loop(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="OnFileSaved"):
         asyncio.run(bad())
+
+
+def test_a_stream_nobody_reads_does_not_hang_stop(
+    base_dataset_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream kept open on a live loop (another thread) but never read: stop()
+    gives up on it after its timeout instead of waiting for ever."""
+    objs = generate_objects(base_dataset_file, tmp_path / "objs", 4)
+    scp = StoreScp(port=0, host=HOST, out_dir=tmp_path / "out")
+    got, cond = _collector(scp)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def open_stream() -> Any:
+        return scp.events("OnFileStored", maxsize=1)
+
+    stream = asyncio.run_coroutine_threadsafe(open_stream(), loop).result(10)
+    try:
+        scp.start()
+        storescu(scp.port, [o.path for o in objs])
+        # the stream holds one event; the dispatcher waits with the second
+        time.sleep(0.5)
+        assert len(got) == 2
+        t = time.monotonic()
+        scp.stop(timeout=2)
+        assert time.monotonic() - t < 15
+        assert len(got) == len(objs)  # the listeners still got everything
+        assert stream.closed
+        assert any("was not read during stop()" in r.getMessage() for r in caplog.records)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

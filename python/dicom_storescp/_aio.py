@@ -15,13 +15,17 @@ finalized), or when its event loop is closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 import weakref
 from collections import deque
 from types import TracebackType
 from typing import Any, Generic, Optional, TypeVar
 
 E = TypeVar("E")
+
+logger = logging.getLogger("dicom_storescp.events")
 
 # How often a dispatcher waiting for room re-checks that the consumer's
 # event loop is still alive.
@@ -49,6 +53,9 @@ class _Subscription:
         #: the server stopped: nothing more will come
         self.ended = False
         self.waiter: Optional[asyncio.Future[None]] = None
+        #: set by stop(): past this monotonic time a full stream is given up
+        #: on, so that a consumer that never reads cannot hang stop()
+        self.deadline: Optional[float] = None
 
     def wants(self, name: str) -> bool:
         return self.names is None or name in self.names
@@ -60,6 +67,13 @@ class _Subscription:
         with self.cond:
             while len(self.items) >= self.maxsize and not self.closed:
                 if self.loop.is_closed():
+                    self._close_locked()
+                    break
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    logger.warning(
+                        "an events() stream was not read during stop(): closed, its "
+                        "remaining events are dropped"
+                    )
                     self._close_locked()
                     break
                 self.cond.wait(_ROOM_POLL)

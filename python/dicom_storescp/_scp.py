@@ -795,6 +795,11 @@ class StoreScp:
         if not self._running.is_set():
             return
         self._release_streams_of_this_thread()
+        with self._lock:
+            # a stream nobody reads must not hold the stop up for ever
+            deadline = time.monotonic() + timeout
+            for sub in self._subscriptions:
+                sub.deadline = deadline
         self._core.stop(timeout)
         dispatcher = self._dispatcher
         # The core always ends its stream with "Closed"; the bound only guards
