@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::ServerConfig;
 use crate::dimse::{self, status, Command};
-use crate::events::{ErrorInfo, Event, Events, FileStored, Level, Rejected};
+use crate::events::{target, ErrorInfo, Event, Events, FileStored, Level, Rejected};
 use crate::negotiation::{
     AcceptedContext, NegotiationPolicy, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
     VERIFICATION,
@@ -65,7 +65,7 @@ impl ServerContext {
 
     /// Report a refused association: a log line with the running count, and
     /// an `OnAssociationRejected` event.
-    pub(crate) fn rejected(&self, rejected: Rejected) {
+    pub(crate) async fn rejected(&self, rejected: Rejected) {
         let n = crate::stats::bump(&self.stats.associations_rejected);
         self.events.log(Level::Warning, || {
             format!(
@@ -77,7 +77,8 @@ impl ServerContext {
             )
         });
         self.events
-            .emit(Event::AssociationRejected(Box::new(rejected)));
+            .emit(Event::AssociationRejected(Box::new(rejected)))
+            .await;
     }
 }
 
@@ -178,7 +179,7 @@ pub async fn reject_busy<S: Stream>(stream: S, ctx: Arc<ServerContext>, peer: St
             };
             rejected.result = result_name(&rj.result);
             pdu::send_quietly(&mut io, &pdu::reject_pdu(rj)).await;
-            ctx.rejected(rejected);
+            ctx.rejected(rejected).await;
         }
     }
     pdu::close_after_last_pdu(&mut io).await;
@@ -265,7 +266,8 @@ pub async fn serve<S: Stream>(
                 called_ae_title: Some(rq.called_ae_title.trim().to_string()),
                 reason: rejection.reason,
                 result: result_name(&rejection.rj.result),
-            });
+            })
+            .await;
             pdu::send_quietly(&mut io, &pdu::reject_pdu(rejection.rj)).await;
             pdu::close_after_last_pdu(&mut io).await;
             return;
@@ -503,7 +505,7 @@ impl Session {
                 if let Some(d) = self.discarding.take() {
                     if let Some(err) = d.error {
                         crate::stats::bump(&self.ctx.stats.objects_failed);
-                        self.ctx.events.error(err);
+                        self.ctx.events.error(err).await;
                     }
                     self.send_command(io, d.context_id, d.response).await?;
                 }
@@ -622,7 +624,7 @@ impl Session {
                 return Ok(());
             }
             crate::stats::bump(&self.ctx.stats.objects_failed);
-            self.ctx.events.error(info);
+            self.ctx.events.error(info).await;
             return self.send_command(io, context.id, response).await;
         }
 
@@ -721,14 +723,14 @@ impl Session {
                     .bytes_stored
                     .fetch_add(outcome.stored.size, std::sync::atomic::Ordering::Relaxed);
                 let header = &outcome.header;
-                self.ctx.events.log(Level::Info, || {
+                self.ctx.events.log_to(target::STORAGE, Level::Info, || {
                     format!(
                         "stored {} ({} bytes) from {}",
                         outcome.stored.uri, outcome.stored.size, self.peer
                     )
                 });
                 for warning in &header.warnings {
-                    self.ctx.events.log(Level::Warning, || {
+                    self.ctx.events.log_to(target::TAGS, Level::Warning, || {
                         format!(
                             "{} from {}: {warning}",
                             outcome.key.sop_instance_uid, self.peer
@@ -755,7 +757,8 @@ impl Session {
                 };
                 self.ctx
                     .events
-                    .emit(Event::FileStored(Box::new(file_stored)));
+                    .emit(Event::FileStored(Box::new(file_stored)))
+                    .await;
                 self.ctx
                     .studies
                     .stored(InstanceRecord {
@@ -773,7 +776,7 @@ impl Session {
             Err(f) => {
                 crate::stats::bump(&self.ctx.stats.objects_failed);
                 let info = self.error_info(f.message, Some(&sop_instance_uid), Some(f.status));
-                self.ctx.events.error(info);
+                self.ctx.events.error(info).await;
             }
         }
         sent
@@ -796,11 +799,13 @@ impl Session {
             crate::stats::bump(&self.ctx.stats.objects_failed);
             let received = r.incoming.len();
             drop(r.incoming);
-            events.error(self.error_info(
-                format!("association {what} after {received} bytes of the object"),
-                Some(&r.sop_instance_uid),
-                None,
-            ));
+            events
+                .error(self.error_info(
+                    format!("association {what} after {received} bytes of the object"),
+                    Some(&r.sop_instance_uid),
+                    None,
+                ))
+                .await;
         }
         let we_spoke_last = send_abort.is_some() || matches!(end, End::Released);
         if let Some(reason) = send_abort {
@@ -859,7 +864,7 @@ pub(crate) mod tests {
 
     pub(crate) fn context(
         out_dir: &std::path::Path,
-    ) -> (Arc<ServerContext>, std::sync::mpsc::Receiver<Event>) {
+    ) -> (Arc<ServerContext>, crate::events::EventReceiver) {
         let config = ServerConfig {
             out_dir: Some(out_dir.to_path_buf()),
             ..ServerConfig::default()
@@ -920,7 +925,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn echo_and_store_over_an_in_memory_stream() {
         let dir = tempfile::tempdir().unwrap();
-        let (ctx, rx) = context(dir.path());
+        let (ctx, mut rx) = context(dir.path());
         let (client, server) = tokio::io::duplex(1 << 16);
         let (_stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(serve(server, "mem".into(), ctx, shutdown));

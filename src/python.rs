@@ -2,7 +2,6 @@
 //! No protocol logic lives here; every blocking call releases the GIL.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +13,9 @@ use dicom_core::Tag;
 use pyo3::types::PyList;
 
 use crate::config::{Backend, ServerConfig};
-use crate::events::{ErrorInfo, Event, Events, FileStored, GroupedTags, Rejected};
+use crate::events::{
+    ErrorInfo, Event, EventReceiver, Events, FileStored, GroupedTags, Level, Rejected,
+};
 use crate::server::{Server, StartError};
 use crate::storage::s3::{S3Settings, Secret};
 use crate::study::StudyCompleted;
@@ -175,7 +176,7 @@ struct PyServer {
     config: ServerConfig,
     server: Mutex<Option<Server>>,
     events: Events,
-    rx: Mutex<Receiver<Event>>,
+    rx: Mutex<EventReceiver>,
     /// The counters of the last started server (kept after stop).
     stats: Mutex<Arc<crate::stats::Stats>>,
 }
@@ -185,6 +186,15 @@ fn start_error(e: StartError) -> PyErr {
         StartError::Config(m) => PyValueError::new_err(m),
         StartError::Storage(m) => PyOSError::new_err(m),
         StartError::Bind { .. } | StartError::Runtime(_) => PyOSError::new_err(e.to_string()),
+    }
+}
+
+/// Seconds from Python as a valid duration (0 to an hour; NaN is 0).
+fn seconds(s: f64) -> f64 {
+    if s.is_nan() {
+        0.0
+    } else {
+        s.clamp(0.0, 3600.0)
     }
 }
 
@@ -238,10 +248,16 @@ impl PyServer {
     fn stop(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
         let server = self.server.lock().map_err(lock_poisoned)?.take();
         if let Some(mut server) = server {
-            let grace = Duration::from_secs_f64(grace.clamp(0.0, 3600.0));
+            let grace = Duration::from_secs_f64(seconds(grace));
             py.detach(move || server.stop(grace));
         }
         Ok(())
+    }
+
+    /// The least severe Python `logging` level whose records the core
+    /// forwards (records below it are never built).
+    fn set_log_level(&self, level: i64) {
+        self.events.set_min_level(Level::from_python(level));
     }
 
     #[getter]
@@ -260,23 +276,11 @@ impl PyServer {
     /// passed; `{"event": "Closed"}` is the last event of a stopped server.
     #[pyo3(signature = (timeout, max = 1024))]
     fn next_events(&self, py: Python<'_>, timeout: f64, max: usize) -> PyResult<Vec<Py<PyAny>>> {
-        let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+        let timeout = Duration::from_secs_f64(seconds(timeout));
         let max = max.clamp(1, 65536);
         let batch = py.detach(|| -> PyResult<Vec<Event>> {
-            let rx = self.rx.lock().map_err(lock_poisoned)?;
-            let first = match rx.recv_timeout(timeout) {
-                Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => return Ok(Vec::new()),
-                Err(RecvTimeoutError::Disconnected) => return Ok(vec![Event::Closed]),
-            };
-            let mut batch = vec![first];
-            while batch.len() < max {
-                match rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
-                }
-            }
-            Ok(batch)
+            let mut rx = self.rx.lock().map_err(lock_poisoned)?;
+            Ok(rx.recv_batch(timeout, max))
         })?;
         batch
             .into_iter()
@@ -403,9 +407,14 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyDict>> {
             d.set_item("reason", reason)?;
             d.set_item("result", result)?;
         }
-        Event::Log { level, message } => {
+        Event::Log {
+            level,
+            target,
+            message,
+        } => {
             d.set_item("event", "_Log")?;
             d.set_item("level", level as i32)?;
+            d.set_item("target", target)?;
             d.set_item("message", message)?;
         }
         Event::Closed => {

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::association::{self, ServerContext};
 use crate::config::{Backend, ServerConfig};
-use crate::events::{Event, Events, Level};
+use crate::events::{target, Event, Events, Level};
 use crate::storage::fs::FilesystemStorage;
 use crate::storage::s3::S3Storage;
 use crate::storage::Storage;
@@ -94,8 +94,12 @@ impl Server {
         let ctx = Arc::new({
             // The study tracker is spawned on this server's runtime.
             let _guard = runtime.enter();
-            ServerContext::new(config.clone(), storage, events.clone())
-                .map_err(StartError::Config)?
+            ServerContext::new(
+                config.clone(),
+                storage,
+                events.with_target(target::ASSOCIATION),
+            )
+            .map_err(StartError::Config)?
         });
         let studies = ctx.studies.clone();
         let stats = ctx.stats.clone();
@@ -103,7 +107,7 @@ impl Server {
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let accept_task = runtime.spawn(accept_loop(listener, ctx, tls, shutdown_rx));
 
-        events.emit(Event::ServerStarted {
+        events.emit_blocking(Event::ServerStarted {
             port: local_addr.port(),
             ae_title: config.ae_title.clone(),
             host: config.host.clone(),
@@ -135,6 +139,12 @@ impl Server {
     /// close every association, report the pending studies, and close the
     /// runtime. Blocks.
     pub fn stop(&mut self, grace: Duration) {
+        self.shut_down(grace, true);
+    }
+
+    /// `stop`; `wait_for_room`: wait for room in the event queue for the
+    /// final `Closed` (false when nobody may be draining it any more).
+    fn shut_down(&mut self, grace: Duration, wait_for_room: bool) {
         let _ = self.shutdown.send(true);
         if let (Some(rt), Some(task)) = (self.runtime.as_ref(), self.accept_task.take()) {
             rt.block_on(async move {
@@ -152,14 +162,19 @@ impl Server {
         }
         self.events
             .log(Level::Info, || "server stopped".to_string());
-        self.events.emit(Event::Closed);
+        if wait_for_room {
+            self.events.emit_blocking(Event::Closed);
+        } else {
+            self.events.try_emit(Event::Closed);
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         if self.runtime.is_some() {
-            self.stop(Duration::from_secs(5));
+            // The owner is going away: nobody may drain the queue any more.
+            self.shut_down(Duration::from_secs(5), false);
         }
     }
 }
@@ -197,7 +212,7 @@ fn open_storage(
             if settings.check_on_start {
                 runtime.block_on(storage.check()).map_err(storage_error)?;
             }
-            events.log(Level::Info, || {
+            events.log_to(target::S3, Level::Info, || {
                 format!(
                     "storing to s3://{}/{} at {} (spool: {})",
                     storage.bucket_name(),
@@ -230,8 +245,9 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                ctx.events
-                    .log(Level::Warning, || format!("accept failed: {e}"));
+                ctx.events.log_to(target::SERVER, Level::Warning, || {
+                    format!("accept failed: {e}")
+                });
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -264,8 +280,8 @@ async fn accept_loop(
                         Ok(Ok(tls_stream)) => {
                             association::serve(tls_stream, peer, ctx, shutdown).await
                         }
-                        Ok(Err(e)) => tls_refused(&ctx, peer, e.to_string()),
-                        Err(_) => tls_refused(&ctx, peer, "handshake timed out".into()),
+                        Ok(Err(e)) => tls_refused(&ctx, peer, e.to_string()).await,
+                        Err(_) => tls_refused(&ctx, peer, "handshake timed out".into()).await,
                     }
                 }
             }
@@ -279,13 +295,14 @@ async fn accept_loop(
 
 /// A TLS handshake that failed (untrusted or missing client certificate,
 /// plain DICOM on a TLS port, ...): the peer never got an association.
-fn tls_refused(ctx: &ServerContext, peer: String, reason: String) {
+async fn tls_refused(ctx: &ServerContext, peer: String, reason: String) {
     ctx.rejected(crate::events::Rejected {
         peer,
         reason: format!("TLS handshake failed: {reason}"),
         result: "permanent",
         ..Default::default()
-    });
+    })
+    .await;
 }
 
 struct ActiveGuard(Arc<AtomicUsize>);

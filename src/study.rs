@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::events::{Event, Events, GroupedTags, Level};
+use crate::events::{target, Event, Events, GroupedTags, Level};
 use crate::tags::{Extracted, Extraction, StudyTarget};
 
 /// Messages queued at most; associations wait when the tracker lags.
@@ -132,7 +132,13 @@ impl StudyTracker {
     ) -> StudyTracker {
         let (tx, rx) = mpsc::channel(QUEUE);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(run(rx, timeout, extraction, events, stats));
+            handle.spawn(run(
+                rx,
+                timeout,
+                extraction,
+                events.with_target(target::STUDY),
+                stats,
+            ));
         }
         StudyTracker { tx }
     }
@@ -191,7 +197,7 @@ async fn run(
                     let all: Vec<_> = std::mem::take(&mut deadlines).into_values().collect();
                     for study in all {
                         if let Some(p) = pending.remove(&study) {
-                            complete(&study, p, &extraction, &events);
+                            complete(&study, p, &extraction, &events).await;
                             bump(&stats.studies_completed);
                         }
                     }
@@ -208,7 +214,7 @@ async fn run(
                     }
                     let study = entry.remove();
                     if let Some(p) = pending.remove(&study) {
-                        complete(&study, p, &extraction, &events);
+                        complete(&study, p, &extraction, &events).await;
                         bump(&stats.studies_completed);
                     }
                 }
@@ -218,7 +224,7 @@ async fn run(
     }
 }
 
-fn complete(study: &str, pending: Pending, ex: &Extraction, events: &Events) {
+async fn complete(study: &str, pending: Pending, ex: &Extraction, events: &Events) {
     let event = build(study, pending, ex);
     let instances: usize = event.series.iter().map(|s| s.instances.len()).sum();
     events.log(Level::Info, || {
@@ -227,7 +233,7 @@ fn complete(study: &str, pending: Pending, ex: &Extraction, events: &Events) {
             event.series.len()
         )
     });
-    events.emit(Event::StudyCompleted(Box::new(event)));
+    events.emit(Event::StudyCompleted(Box::new(event))).await;
 }
 
 /// Split each instance's values into study, series and instance tags (the
@@ -311,8 +317,8 @@ fn build(study: &str, pending: Pending, ex: &Extraction) -> StudyCompleted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventReceiver;
     use crate::tags::{tag_for_keyword, Grouping, TagRequest};
-    use std::sync::mpsc::Receiver;
 
     fn record(study: &str, series: &str, sop: &str, tags: Extracted) -> InstanceRecord {
         InstanceRecord {
@@ -327,7 +333,7 @@ mod tests {
         }
     }
 
-    fn studies(rx: &Receiver<Event>) -> Vec<StudyCompleted> {
+    fn studies(rx: &mut EventReceiver) -> Vec<StudyCompleted> {
         rx.try_iter()
             .filter_map(|e| match e {
                 Event::StudyCompleted(s) => Some(*s),
@@ -351,7 +357,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_instance_resets_the_timer() {
-        let (events, rx) = Events::channel(false);
+        let (events, mut rx) = Events::channel(false);
         let t = StudyTracker::spawn(
             Duration::from_secs(10),
             extraction(Grouping::ByScope),
@@ -365,15 +371,18 @@ mod tests {
         t.stored(record("1.1", "1.1.2", "1.1.2.1", tags("2"))).await;
         t.stored(record("2.2", "2.2.1", "2.2.1.1", tags("1"))).await;
         tokio::time::sleep(Duration::from_secs(8)).await;
-        assert!(studies(&rx).is_empty(), "completed before the quiet period");
+        assert!(
+            studies(&mut rx).is_empty(),
+            "completed before the quiet period"
+        );
         // re-sent instance replaces the earlier record
         t.stored(record("1.1", "1.1.2", "1.1.2.1", tags("2"))).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let done = studies(&rx);
+        let done = studies(&mut rx);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].study_instance_uid, "2.2");
         tokio::time::sleep(Duration::from_secs(6)).await;
-        let done = studies(&rx);
+        let done = studies(&mut rx);
         assert_eq!(done.len(), 1);
         let s = &done[0];
         assert_eq!(s.study_instance_uid, "1.1");
@@ -396,16 +405,16 @@ mod tests {
         // a later instance starts a new period; flush reports it at once
         t.stored(record("1.1", "1.1.3", "1.1.3.1", tags("3"))).await;
         t.flush().await;
-        let done = studies(&rx);
+        let done = studies(&mut rx);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].series.len(), 1);
         t.flush().await;
-        assert!(studies(&rx).is_empty());
+        assert!(studies(&mut rx).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn flat_puts_everything_on_instances() {
-        let (events, rx) = Events::channel(false);
+        let (events, mut rx) = Events::channel(false);
         let t = StudyTracker::spawn(
             Duration::from_secs(1),
             extraction(Grouping::Flat),
@@ -420,7 +429,7 @@ mod tests {
         ))
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let done = studies(&rx);
+        let done = studies(&mut rx);
         assert_eq!(done[0].tags, vec![(String::new(), vec![])]);
         assert_eq!(done[0].series[0].instances[0].tags[0].1.len(), 2);
     }

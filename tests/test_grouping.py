@@ -66,7 +66,7 @@ def _run(
 
 
 def _check_study_skeleton(study: dict[str, Any], expected: dict[str, dict[str, str]]) -> None:
-    assert set(study) == {"study_instance_uid", "tags", "series"}
+    assert set(study) == {"event", "study_instance_uid", "tags", "series"}
     assert len(study["series"]) == 2
     got = set()
     for series in study["series"]:

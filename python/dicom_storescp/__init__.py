@@ -6,6 +6,7 @@
 >>> scp.listen()  # doctest: +SKIP
 """
 
+from ._aio import EventStream
 from ._catalog import (
     COMMON_SOP_CLASSES,
     COMMON_TRANSFER_SYNTAXES,
@@ -15,7 +16,7 @@ from ._catalog import (
     get_common_transfer_syntaxes,
 )
 from ._core import __version__
-from ._scp import EVENT_NAMES, StoreScp
+from ._scp import EVENT_NAMES, LOG_CONCERNS, StoreScp
 from ._types import (
     AbstractSyntaxMode,
     AssociationRejectedEvent,
@@ -40,6 +41,7 @@ __all__ = [
     "COMMON_SOP_CLASSES",
     "COMMON_TRANSFER_SYNTAXES",
     "EVENT_NAMES",
+    "LOG_CONCERNS",
     "AbstractSyntaxMode",
     "AssociationRejectedEvent",
     "CommonSopClasses",
@@ -48,6 +50,7 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "EventName",
+    "EventStream",
     "FileStoredEvent",
     "GroupingStrategy",
     "S3Config",

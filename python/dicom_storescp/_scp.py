@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Callable, NoReturn, Optional, TypeVar, Union, cast
+from typing import Any, Callable, Literal, NoReturn, Optional, TypeVar, Union, cast, overload
 
 from . import _core
+from ._aio import EventStream, _Subscription
 from ._catalog import TRANSFER_SYNTAX_ALIASES
 from ._types import (
     AbstractSyntaxMode,
+    AssociationRejectedEvent,
     CustomTag,
+    ErrorEvent,
+    Event,
     EventName,
+    FileStoredEvent,
     GroupingStrategy,
     S3Config,
+    ServerStartedEvent,
     Stats,
     StorageBackend,
+    StudyCompletedEvent,
     TransferSyntaxMode,
 )
 
 logger = logging.getLogger("dicom_storescp")
+#: Concerns of the core's log records: logger ``dicom_storescp.{concern}``.
+LOG_CONCERNS = ("server", "association", "storage", "tags", "study", "s3", "events")
+_LOGGERS = {c: logging.getLogger(f"dicom_storescp.{c}") for c in LOG_CONCERNS}
+_events_logger = _LOGGERS["events"]
 
 EVENT_NAMES: tuple[EventName, ...] = (
     "OnServerStarted",
@@ -35,6 +47,11 @@ EVENT_NAMES: tuple[EventName, ...] = (
 
 Listener = Callable[[Any], object]
 L = TypeVar("L", bound=Listener)
+_LStarted = TypeVar("_LStarted", bound=Callable[[ServerStartedEvent], object])
+_LStored = TypeVar("_LStored", bound=Callable[[FileStoredEvent], object])
+_LStudy = TypeVar("_LStudy", bound=Callable[[StudyCompletedEvent], object])
+_LError = TypeVar("_LError", bound=Callable[[ErrorEvent], object])
+_LRejected = TypeVar("_LRejected", bound=Callable[[AssociationRejectedEvent], object])
 
 _DEFAULT_STUDY_TIMEOUT = 30.0
 # Seconds the dispatcher waits after a burst of events before collecting more.
@@ -93,7 +110,10 @@ def _str_list(name: str, value: object) -> list[str]:
 
 
 def _resolve_uids(
-    name: str, values: list[str], kind: str, known: Optional[set[str]] = None
+    name: str,
+    values: list[str],
+    kind: Literal["sop_class", "transfer_syntax"],
+    known: Optional[set[str]] = None,
 ) -> list[str]:
     """Turn standard keywords (``"CTImageStorage"``) or UIDs into UIDs."""
     out = []
@@ -462,6 +482,7 @@ class StoreScp:
         tls_cert: Union[str, os.PathLike[str], None] = None,
         tls_key: Union[str, os.PathLike[str], None] = None,
         tls_ca: Union[str, os.PathLike[str], None] = None,
+        max_queued_events: int = 1000,
         **unknown: NoReturn,
     ) -> None:
         if unknown:
@@ -564,9 +585,11 @@ class StoreScp:
             "custom_groups": groups,
             "study_timeout": timeout,
         }
+        self._max_queued_events = _check_int("max_queued_events", max_queued_events, 1, 1_000_000)
         self._core = _core._Server(options)
         self._options = _redacted(options)
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENT_NAMES}
+        self._subscriptions: list[_Subscription] = []
         self._lock = threading.Lock()
         self._dispatcher: Optional[threading.Thread] = None
         self._running = threading.Event()
@@ -578,6 +601,28 @@ class StoreScp:
 
     # -- listeners ---------------------------------------------------------
 
+    @overload
+    def add_event_listener(
+        self, event: Literal["OnServerStarted"], listener: Callable[[ServerStartedEvent], object]
+    ) -> None: ...
+    @overload
+    def add_event_listener(
+        self, event: Literal["OnFileStored"], listener: Callable[[FileStoredEvent], object]
+    ) -> None: ...
+    @overload
+    def add_event_listener(
+        self, event: Literal["OnStudyCompleted"], listener: Callable[[StudyCompletedEvent], object]
+    ) -> None: ...
+    @overload
+    def add_event_listener(
+        self, event: Literal["OnError"], listener: Callable[[ErrorEvent], object]
+    ) -> None: ...
+    @overload
+    def add_event_listener(
+        self,
+        event: Literal["OnAssociationRejected"],
+        listener: Callable[[AssociationRejectedEvent], object],
+    ) -> None: ...
     def add_event_listener(self, event: EventName, listener: Listener) -> None:
         """Call ``listener(event_dict)`` for every ``event``."""
         self._check_event(event)
@@ -593,6 +638,16 @@ class StoreScp:
             if listener in self._listeners[event]:
                 self._listeners[event].remove(listener)
 
+    @overload
+    def on(self, event: Literal["OnServerStarted"]) -> Callable[[_LStarted], _LStarted]: ...
+    @overload
+    def on(self, event: Literal["OnFileStored"]) -> Callable[[_LStored], _LStored]: ...
+    @overload
+    def on(self, event: Literal["OnStudyCompleted"]) -> Callable[[_LStudy], _LStudy]: ...
+    @overload
+    def on(self, event: Literal["OnError"]) -> Callable[[_LError], _LError]: ...
+    @overload
+    def on(self, event: Literal["OnAssociationRejected"]) -> Callable[[_LRejected], _LRejected]: ...
     def on(self, event: EventName) -> Callable[[L], L]:
         """Decorator form of :meth:`add_event_listener`."""
 
@@ -606,6 +661,97 @@ class StoreScp:
     def _check_event(event: str) -> None:
         if event not in EVENT_NAMES:
             raise ValueError(f"event must be one of {', '.join(EVENT_NAMES)}, not {event!r}")
+
+    # -- asyncio -----------------------------------------------------------
+
+    @overload
+    def events(self, *, maxsize: Optional[int] = None) -> EventStream[Event]: ...
+    @overload
+    def events(
+        self, name: Literal["OnServerStarted"], /, *, maxsize: Optional[int] = None
+    ) -> EventStream[ServerStartedEvent]: ...
+    @overload
+    def events(
+        self, name: Literal["OnFileStored"], /, *, maxsize: Optional[int] = None
+    ) -> EventStream[FileStoredEvent]: ...
+    @overload
+    def events(
+        self, name: Literal["OnStudyCompleted"], /, *, maxsize: Optional[int] = None
+    ) -> EventStream[StudyCompletedEvent]: ...
+    @overload
+    def events(
+        self, name: Literal["OnError"], /, *, maxsize: Optional[int] = None
+    ) -> EventStream[ErrorEvent]: ...
+    @overload
+    def events(
+        self, name: Literal["OnAssociationRejected"], /, *, maxsize: Optional[int] = None
+    ) -> EventStream[AssociationRejectedEvent]: ...
+    @overload
+    def events(
+        self, name: EventName, /, *names: EventName, maxsize: Optional[int] = None
+    ) -> EventStream[Event]: ...
+    def events(self, *names: EventName, maxsize: Optional[int] = None) -> EventStream[Any]:
+        """An async iterator over this server's events (all, or only ``names``),
+        the same dicts listeners get, each with its name under ``"event"``.
+
+        Call it from a coroutine: the stream belongs to the running event loop.
+        It receives the events that happen from now on, and ends when the
+        server stops. At most ``maxsize`` (default ``max_queued_events``)
+        events wait in it: a consumer that falls behind slows reception down
+        (the sender waits), nothing is dropped.
+        """
+        for name in names:
+            self._check_event(name)
+        loop = asyncio.get_running_loop()
+        size = self._max_queued_events if maxsize is None else maxsize
+        size = _check_int("maxsize", size, 1, 1_000_000)
+        sub = _Subscription(loop, frozenset(names) if names else None, size)
+        with self._lock:
+            self._subscriptions.append(sub)
+        return EventStream(sub, self._unsubscribe)
+
+    def _unsubscribe(self, sub: _Subscription) -> None:
+        with self._lock:
+            if sub in self._subscriptions:
+                self._subscriptions.remove(sub)
+
+    async def astart(self) -> StoreScp:
+        """:meth:`start` without blocking the event loop."""
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def astop(self, timeout: float = 30.0) -> None:
+        """:meth:`stop` without blocking the event loop (so that ``async for``
+        consumers on it take the last events, pending studies included)."""
+        await asyncio.to_thread(self.stop, timeout)
+
+    async def serve(self) -> None:
+        """Start (if needed) and run until cancelled (or stopped elsewhere);
+        then stop gracefully: objects in flight are finished and pending
+        studies reported before the cancellation propagates."""
+        await self.astart()
+        try:
+            while self._running.is_set() and not self._drained.is_set():
+                await asyncio.sleep(0.1)
+        finally:
+            # Stopping takes a moment (objects in flight, pending studies):
+            # a second cancellation does not cut it short.
+            stopping = asyncio.ensure_future(self.astop())
+            cancelled = False
+            while not stopping.done():
+                try:
+                    await asyncio.shield(stopping)
+                except asyncio.CancelledError:
+                    cancelled = True
+            stopping.result()
+            if cancelled:
+                raise asyncio.CancelledError
+
+    async def __aenter__(self) -> StoreScp:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.astop()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -628,12 +774,13 @@ class StoreScp:
         """Bind the port and start receiving in the background; returns once bound."""
         if self._running.is_set():
             return self
+        self._core.set_log_level(_forwarded_level())
         self._port = self._core.start()
         self._running.set()
         self._drained = threading.Event()
         dispatcher = threading.Thread(
             target=_dispatch,
-            args=(self._core, self._listeners, self._lock, self._drained),
+            args=(self._core, self._listeners, self._subscriptions, self._lock, self._drained),
             name=f"dicom-storescp-events-{self._port}",
             daemon=True,
         )
@@ -647,6 +794,12 @@ class StoreScp:
         to listeners before this returns (unless called from a listener)."""
         if not self._running.is_set():
             return
+        self._release_streams_of_this_thread()
+        with self._lock:
+            # a stream nobody reads must not hold the stop up for ever
+            deadline = time.monotonic() + timeout
+            for sub in self._subscriptions:
+                sub.deadline = deadline
         self._core.stop(timeout)
         dispatcher = self._dispatcher
         # The core always ends its stream with "Closed"; the bound only guards
@@ -660,6 +813,24 @@ class StoreScp:
         ):
             logger.warning("a listener is still running; stop() returns without it")
         self._running.clear()
+
+    def _release_streams_of_this_thread(self) -> None:
+        """A blocking stop() on the thread of an event loop that consumes
+        events() would wait forever for that consumer: close its streams."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        with self._lock:
+            mine = [s for s in self._subscriptions if s.loop is loop]
+        if mine:
+            logger.warning(
+                "stop() called on the event loop that consumes scp.events(): its streams "
+                "are closed; use 'await scp.astop()' or 'async with' to get every event"
+            )
+            for sub in mine:
+                sub.close()
+                self._unsubscribe(sub)
 
     def listen(self) -> None:
         """Start (if needed) and block until :meth:`stop` or Ctrl-C."""
@@ -692,6 +863,12 @@ class StoreScp:
         return f"StoreScp(ae_title={self._options['ae_title']!r}, storage={where!r}, {state})"
 
 
+def _forwarded_level() -> int:
+    """The least severe level any ``dicom_storescp`` logger would handle: the
+    core builds and forwards no record below it."""
+    return min(logger.getEffectiveLevel(), *(lg.getEffectiveLevel() for lg in _LOGGERS.values()))
+
+
 def _enable_verbose_logging() -> None:
     """verbose=True: INFO lines from this package, to stderr unless the
     application configured logging itself."""
@@ -706,35 +883,52 @@ def _enable_verbose_logging() -> None:
 def _dispatch(
     core: Any,
     listeners: dict[str, list[Listener]],
+    subscriptions: list[_Subscription],
     lock: threading.Lock,
     drained: threading.Event,
 ) -> None:
     """The dispatcher thread: drain the core's events until it closes."""
     try:
-        _dispatch_until_closed(core, listeners, lock)
+        _dispatch_until_closed(core, listeners, subscriptions, lock)
     finally:
+        with lock:
+            ending = list(subscriptions)
+            subscriptions.clear()
+        for sub in ending:
+            sub.end()
         drained.set()
 
 
 def _dispatch_until_closed(
-    core: Any, listeners: dict[str, list[Listener]], lock: threading.Lock
+    core: Any,
+    listeners: dict[str, list[Listener]],
+    subscriptions: list[_Subscription],
+    lock: threading.Lock,
 ) -> None:
     while True:
         batch = core.next_events(0.5)
         for event in batch:
-            name = event.pop("event")
+            name = event["event"]
             if name == "Closed":
                 return
             if name == "_Log":
-                logger.log(event["level"], "%s", event["message"])
+                _LOGGERS.get(event["target"], logger).log(event["level"], "%s", event["message"])
                 continue
             with lock:
                 targets = list(listeners.get(name, ()))
+                streams = [s for s in subscriptions if s.wants(name)] if subscriptions else ()
             for listener in targets:
                 try:
                     listener(event)
                 except Exception:
-                    logger.exception("listener %r for %s raised", listener, name)
+                    _events_logger.exception("listener %r for %s raised", listener, name)
+            for stream in streams:
+                # waits while that stream is full: backpressure
+                stream.put(event)
+                if stream.closed:  # its consumer went away (e.g. its loop closed)
+                    with lock:
+                        if stream in subscriptions:
+                            subscriptions.remove(stream)
         if len(batch) > 1:
             # A burst: let the next events gather for a moment, so that busy
             # reception wakes this thread (and takes the GIL) once per batch

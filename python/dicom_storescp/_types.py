@@ -65,12 +65,18 @@ class S3Config(TypedDict, total=False):
 
 
 class ServerStartedEvent(TypedDict):
+    """``OnServerStarted``: the port is bound."""
+
+    event: Literal["OnServerStarted"]
     port: int
     ae_title: str
     host: str
 
 
 class FileStoredEvent(TypedDict):
+    """``OnFileStored``: one object stored (the sender was answered Success)."""
+
+    event: Literal["OnFileStored"]
     #: the file's path (Filesystem) or the object key (S3)
     file: str
     #: ``file:///...`` (Filesystem) or ``s3://bucket/key`` (S3)
@@ -102,12 +108,18 @@ class StudySeries(TypedDict):
 
 
 class StudyCompletedEvent(TypedDict):
+    """``OnStudyCompleted``: ``study_timeout`` seconds passed without a new instance."""
+
+    event: Literal["OnStudyCompleted"]
     study_instance_uid: str
     tags: dict[str, str]
     series: list[StudySeries]
 
 
 class ErrorEvent(TypedDict):
+    """``OnError``: a store that failed or was refused, or an object cut off by an abort."""
+
+    event: Literal["OnError"]
     message: str
     sop_instance_uid: Optional[str]
     calling_ae_title: Optional[str]
@@ -116,6 +128,10 @@ class ErrorEvent(TypedDict):
 
 
 class AssociationRejectedEvent(TypedDict):
+    """``OnAssociationRejected``: an association refused at negotiation, over the
+    association limit, or a failed TLS handshake."""
+
+    event: Literal["OnAssociationRejected"]
     peer: str
     calling_ae_title: Optional[str]
     called_ae_title: Optional[str]
@@ -136,6 +152,8 @@ class Stats(TypedDict):
     studies_completed: int
 
 
+#: Any event; the ``"event"`` key (its name) tells which, and narrows the type:
+#: ``if event["event"] == "OnFileStored": event["file"]``.
 Event = Union[
     ServerStartedEvent,
     FileStoredEvent,

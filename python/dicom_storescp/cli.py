@@ -1,8 +1,12 @@
 """Command line: ``dicom-storescp --port 11112 --out-dir ./dicom-storage``.
 
+Options come from flags, or from a TOML file (``--config FILE``) whose keys
+are the ``StoreScp`` keywords; flags given on the command line win.
+
 Exit codes: 0 after a graceful stop (Ctrl-C / SIGTERM), 1 when the receiver
-cannot start (bad option, port in use, directory not writable), 2 for bad
-command-line usage.
+cannot start (an option value it refuses, port in use, directory not
+writable, unreadable TLS or secret file), 2 for bad usage (unknown flag,
+malformed value, unreadable or invalid config file, unknown config key).
 """
 
 from __future__ import annotations
@@ -87,22 +91,73 @@ def _read_secret(path: str, flag: str) -> str:
         raise ValueError(f"{flag}: cannot read {path}: {e.strerror}") from None
 
 
+EXIT_CODES = """exit codes:
+  0  stopped gracefully (Ctrl-C or SIGTERM)
+  1  the receiver cannot start (an option value it refuses, port in use,
+     directory not writable, unreadable TLS or secret file)
+  2  bad usage (unknown flag, malformed value, bad --config file or key)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dicom-storescp",
         description="Receive DICOM objects (C-STORE SCP) and store them.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"dicom-storescp {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="read options from a TOML file: keys are the StoreScp keywords (port, out_dir, "
+        "extract_tags, [s3_config], ...) plus json and stats_interval; flags override it",
+    )
     net = p.add_argument_group("network")
-    net.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
+    net.add_argument("--port", type=int, default=None, help="TCP port (0 = any free port)")
     net.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
     net.add_argument("--ae-title", default="STORE-SCP", help="this SCP's AE title")
-    net.add_argument("--max-pdu-length", type=int, default=16384)
-    net.add_argument("--strict", action="store_true", help="reject PDUs over the maximum")
-    net.add_argument("--max-associations", type=int, default=100)
-    net.add_argument("--acse-timeout", type=_seconds_or_none, default=30.0, metavar="SECONDS")
-    net.add_argument("--dimse-timeout", type=_seconds_or_none, default=60.0, metavar="SECONDS")
-    net.add_argument("--idle-timeout", type=_seconds_or_none, default=300.0, metavar="SECONDS")
+    net.add_argument(
+        "--max-pdu-length",
+        type=int,
+        default=16384,
+        metavar="BYTES",
+        help="largest PDU we accept (4096 to 16 MiB, default 16384)",
+    )
+    net.add_argument(
+        "--strict",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="reject PDUs over the maximum",
+    )
+    net.add_argument(
+        "--max-associations",
+        type=int,
+        default=100,
+        metavar="N",
+        help="concurrent associations; more are rejected (default 100)",
+    )
+    net.add_argument(
+        "--acse-timeout",
+        type=_seconds_or_none,
+        default=30.0,
+        metavar="SECONDS",
+        help="time to send the association request (default 30; 'none': no limit)",
+    )
+    net.add_argument(
+        "--dimse-timeout",
+        type=_seconds_or_none,
+        default=60.0,
+        metavar="SECONDS",
+        help="time between PDUs of a message (default 60; 'none': no limit)",
+    )
+    net.add_argument(
+        "--idle-timeout",
+        type=_seconds_or_none,
+        default=300.0,
+        metavar="SECONDS",
+        help="an idle association is aborted after this (default 300; 'none': no limit)",
+    )
     net.add_argument(
         "--allowed-calling-ae-titles",
         type=_csv,
@@ -110,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AE,AE",
         help="only accept these calling AE titles",
     )
-    net.add_argument("--require-called-ae-title", action="store_true")
+    net.add_argument(
+        "--require-called-ae-title",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="reject associations whose called AE title is not --ae-title",
+    )
     tls = p.add_argument_group("TLS (DICOM PS3.15 Annex B)")
     tls.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate chain")
     tls.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
@@ -119,13 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     neg = p.add_argument_group("negotiation")
     neg.add_argument(
-        "--abstract-syntax-mode", default="AllStorage", choices=["AllStorage", "All", "Custom"]
+        "--abstract-syntax-mode",
+        default="AllStorage",
+        choices=["AllStorage", "All", "Custom"],
+        help="SOP classes accepted: every Storage class (default), anything, or the list below",
     )
-    neg.add_argument("--abstract-syntaxes", type=_csv, default=[], metavar="NAME,UID")
     neg.add_argument(
-        "--transfer-syntax-mode", default="All", choices=["All", "UncompressedOnly", "Custom"]
+        "--abstract-syntaxes",
+        type=_csv,
+        default=[],
+        metavar="NAME,UID",
+        help="SOP classes of the Custom mode (CTImageStorage, ... or UIDs)",
     )
-    neg.add_argument("--transfer-syntaxes", type=_csv, default=[], metavar="NAME,UID")
+    neg.add_argument(
+        "--transfer-syntax-mode",
+        default="All",
+        choices=["All", "UncompressedOnly", "Custom"],
+        help="transfer syntaxes accepted (default All)",
+    )
+    neg.add_argument(
+        "--transfer-syntaxes",
+        type=_csv,
+        default=[],
+        metavar="NAME,UID",
+        help="transfer syntaxes of the Custom mode (JPEGBaseline, ... or UIDs)",
+    )
     st = p.add_argument_group("storage")
     st.add_argument(
         "--storage-backend",
@@ -139,13 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="where files are stored (Filesystem, default ./dicom-storage); with S3, where "
         "objects are spooled while they arrive (default: a temporary directory)",
     )
-    st.add_argument("--store-with-file-meta", action="store_true", help="write Part-10 files")
+    st.add_argument(
+        "--store-with-file-meta",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="write Part-10 files",
+    )
     s3 = p.add_argument_group(
         "S3 storage",
-        "Credentials, region and endpoint default to AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-        "AWS_SESSION_TOKEN, AWS_REGION and AWS_ENDPOINT_URL from the environment. Secrets are "
-        "never taken as command-line values (visible to every user of the machine): use the "
-        "environment or the *-file flags.",
+        "Credentials, region and endpoint default to AWS_ACCESS_KEY_ID,\n"
+        "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION and AWS_ENDPOINT_URL from\n"
+        "the environment. Secrets are never taken as command-line values (visible to\n"
+        "every user of the machine): use the environment or the *-file flags.",
     )
     s3.add_argument("--s3-bucket", help="bucket name (selects the S3 backend)")
     s3.add_argument("--s3-prefix", default="", help="key prefix, e.g. 'incoming/'")
@@ -183,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument(
         "--s3-no-check",
         action="store_true",
+        default=None,
         help="do not check the bucket and credentials at start",
     )
     s3.add_argument("--s3-part-size", type=_size, metavar="BYTES", help="default 8MiB")
@@ -234,8 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="a study is complete after this many seconds without a new instance (default 30)",
     )
     out = p.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="print events as JSON lines")
-    out.add_argument("--verbose", "-v", action="store_true", help="log associations and files")
+    out.add_argument(
+        "--json",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="print every event as one JSON object per line",
+    )
+    out.add_argument(
+        "--verbose",
+        "-v",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log associations and files (INFO)",
+    )
     out.add_argument(
         "--stats-interval",
         type=float,
@@ -245,6 +340,199 @@ def build_parser() -> argparse.ArgumentParser:
         " a final summary is always printed on exit",
     )
     return p
+
+
+# --config: TOML keys (the StoreScp keywords, plus the CLI's own output
+# options) -> (argparse dest, kind of value).
+_CONFIG_KEYS: dict[str, tuple[str, str]] = {
+    "port": ("port", "int"),
+    "host": ("host", "str"),
+    "ae_title": ("ae_title", "str"),
+    "max_pdu_length": ("max_pdu_length", "int"),
+    "strict": ("strict", "bool"),
+    "max_associations": ("max_associations", "int"),
+    "acse_timeout": ("acse_timeout", "timeout"),
+    "dimse_timeout": ("dimse_timeout", "timeout"),
+    "idle_timeout": ("idle_timeout", "timeout"),
+    "allowed_calling_ae_titles": ("allowed_calling_ae_titles", "strlist"),
+    "require_called_ae_title": ("require_called_ae_title", "bool"),
+    "tls_cert": ("tls_cert", "str"),
+    "tls_key": ("tls_key", "str"),
+    "tls_ca": ("tls_ca", "str"),
+    "abstract_syntax_mode": ("abstract_syntax_mode", "str"),
+    "abstract_syntaxes": ("abstract_syntaxes", "strlist"),
+    "transfer_syntax_mode": ("transfer_syntax_mode", "str"),
+    "transfer_syntaxes": ("transfer_syntaxes", "strlist"),
+    "storage_backend": ("storage_backend", "str"),
+    "out_dir": ("out_dir", "str"),
+    "store_with_file_meta": ("store_with_file_meta", "bool"),
+    "extract_tags": ("extract_tags", "strlist"),
+    "extract_custom_tags": ("extract_custom_tag", "custom_tags"),
+    "grouping_strategy": ("grouping", "str"),
+    "custom_groups": ("custom_group", "custom_groups"),
+    "study_timeout": ("study_timeout", "seconds"),
+    "verbose": ("verbose", "bool"),
+    "json": ("json", "bool"),
+    "stats_interval": ("stats_interval", "number"),
+    "s3_config": ("", "s3"),
+}
+_S3_CONFIG_KEYS: dict[str, tuple[str, str]] = {
+    "bucket": ("s3_bucket", "str"),
+    "prefix": ("s3_prefix", "str"),
+    "region": ("s3_region", "str"),
+    "endpoint": ("s3_endpoint", "str"),
+    "access_key": ("s3_access_key", "str"),
+    "secret_key_file": ("s3_secret_key_file", "str"),
+    "session_token_file": ("s3_session_token_file", "str"),
+    "path_style": ("s3_path_style", "bool"),
+    "check_on_start": ("s3_no_check", "not_bool"),
+    "part_size": ("s3_part_size", "size"),
+    "multipart_threshold": ("s3_multipart_threshold", "size"),
+    "part_concurrency": ("s3_part_concurrency", "int"),
+    "request_timeout": ("s3_request_timeout", "seconds"),
+    "max_retries": ("s3_max_retries", "int"),
+}
+#: repeatable flags: values on the command line replace the file's list
+_APPENDED = ("extract_custom_tag", "custom_group")
+
+
+class ConfigError(Exception):
+    """A --config file that cannot be used (exit code 2)."""
+
+
+def _toml_module() -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:  # pragma: no cover - Python 3.9/3.10
+        import tomli  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # pragma: no cover
+        raise ConfigError("reading a TOML file needs Python 3.11+ or the 'tomli' package") from None
+    return tomli  # pragma: no cover
+
+
+def _load_toml(path: str) -> dict[str, Any]:
+    toml = _toml_module()
+    try:
+        with open(path, "rb") as f:
+            data: dict[str, Any] = toml.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except toml.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    return data
+
+
+def _config_value(key: str, kind: str, value: object) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{key} must be {expected}, not {value!r}")
+
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if kind in ("bool", "not_bool"):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value if kind == "bool" else not value
+    if kind == "strlist":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        return value
+    if kind == "timeout":
+        if value is False or (isinstance(value, str) and value.lower() in ("none", "off")):
+            return None
+        if not is_number or not 0 <= cast(float, value) < 1e9:
+            raise bad('a number of seconds (0, "none" or false: no limit)')
+        return None if value == 0 else float(cast(float, value))
+    if kind in ("seconds", "number"):
+        number = cast(float, value) if is_number else -1.0
+        if not (number > 0 if kind == "seconds" else number >= 0):
+            raise bad("a positive number of seconds" if kind == "seconds" else "a number >= 0")
+        return float(number)
+    if kind == "size":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return _size(value)
+            except argparse.ArgumentTypeError:
+                pass
+        raise bad('a size in bytes (8388608, "8M" or "8MiB")')
+    if kind == "custom_tags":
+        if not isinstance(value, list) or not all(
+            isinstance(v, dict) and all(isinstance(x, str) for x in v.values()) for v in value
+        ):
+            raise bad('a list of tables like {tag = "00091001", name = "CustomField"}')
+        return [dict(v) for v in value]
+    if kind == "custom_groups":
+        if not isinstance(value, dict) or not all(
+            isinstance(m, list) and all(isinstance(x, str) for x in m) for m in value.values()
+        ):
+            raise bad('a table like {who = ["PatientName", "PatientID"]}')
+        return [(str(name), list(members)) for name, members in value.items()]
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """The argparse defaults a TOML config file sets (``ConfigError`` naming
+    the file and the key if anything is wrong)."""
+    data = _load_toml(path)
+    out: dict[str, Any] = {}
+    try:
+        for key, value in data.items():
+            if key not in _CONFIG_KEYS:
+                raise ConfigError(f"unknown key {key!r} (known: {', '.join(sorted(_CONFIG_KEYS))})")
+            dest, kind = _CONFIG_KEYS[key]
+            if kind != "s3":
+                out[dest] = _config_value(key, kind, value)
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"s3_config must be a table ([s3_config]), not {value!r}")
+            for s3_key, s3_value in value.items():
+                name = f"s3_config.{s3_key}"
+                if s3_key in ("secret_key", "session_token"):
+                    raise ConfigError(
+                        f"{name}: put the secret in a file of its own and name it with "
+                        f"{s3_key}_file (or use the AWS_* environment variables)"
+                    )
+                if s3_key not in _S3_CONFIG_KEYS:
+                    raise ConfigError(
+                        f"unknown key {name!r} (known: "
+                        f"{', '.join('s3_config.' + k for k in sorted(_S3_CONFIG_KEYS))})"
+                    )
+                dest, kind = _S3_CONFIG_KEYS[s3_key]
+                out[dest] = _config_value(name, kind, s3_value)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return out
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Flags over the --config file over the defaults."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    from_file: dict[str, Any] = {}
+    if known.config is not None:
+        try:
+            from_file = load_config(known.config)
+        except ConfigError as e:
+            parser.error(f"--config {e}")
+        parser.set_defaults(**{k: v for k, v in from_file.items() if k not in _APPENDED})
+    args = parser.parse_args(argv)
+    for dest in _APPENDED:
+        if not getattr(args, dest) and dest in from_file:
+            setattr(args, dest, from_file[dest])
+    if args.port is None:
+        parser.error("--port is required (or port = ... in the --config file)")
+    return args
 
 
 def _summary(stats: Stats, previous: Optional[Stats], seconds: float) -> str:
@@ -346,7 +634,7 @@ def _s3_config(args: argparse.Namespace) -> Optional[dict[str, Any]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     backend: StorageBackend = args.storage_backend or (
         "S3" if args.s3_bucket is not None else "Filesystem"
     )
@@ -402,7 +690,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGTERM, on_term)
     try:
         scp.start()
-    except OSError as e:
+    except (OSError, ValueError) as e:
         print(f"dicom-storescp: {e}", file=sys.stderr)
         return 1
     done = threading.Event()
