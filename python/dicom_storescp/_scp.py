@@ -906,31 +906,47 @@ def _dispatch_until_closed(
     lock: threading.Lock,
 ) -> None:
     while True:
-        batch = core.next_events(0.5)
-        for event in batch:
-            name = event["event"]
-            if name == "Closed":
-                return
-            if name == "_Log":
-                _LOGGERS.get(event["target"], logger).log(event["level"], "%s", event["message"])
-                continue
-            with lock:
-                targets = list(listeners.get(name, ()))
-                streams = [s for s in subscriptions if s.wants(name)] if subscriptions else ()
-            for listener in targets:
-                try:
-                    listener(event)
-                except Exception:
-                    _events_logger.exception("listener %r for %s raised", listener, name)
-            for stream in streams:
-                # waits while that stream is full: backpressure
-                stream.put(event)
-                if stream.closed:  # its consumer went away (e.g. its loop closed)
-                    with lock:
-                        if stream in subscriptions:
-                            subscriptions.remove(stream)
-        if len(batch) > 1:
+        # The batch lives only in _deliver's frame: once delivered, no event
+        # stays referenced while this thread waits for the next ones (an
+        # OnStudyCompleted event holds every instance of its study).
+        delivered = _deliver(core.next_events(0.5), listeners, subscriptions, lock)
+        if delivered < 0:
+            return
+        if delivered > 1:
             # A burst: let the next events gather for a moment, so that busy
             # reception wakes this thread (and takes the GIL) once per batch
             # rather than once per object.
             time.sleep(_BATCH_PAUSE)
+
+
+def _deliver(
+    batch: list[dict[str, Any]],
+    listeners: dict[str, list[Listener]],
+    subscriptions: list[_Subscription],
+    lock: threading.Lock,
+) -> int:
+    """Hand each event of `batch` to its listeners and streams; returns how
+    many events it held, or -1 at "Closed"."""
+    for event in batch:
+        name = event["event"]
+        if name == "Closed":
+            return -1
+        if name == "_Log":
+            _LOGGERS.get(event["target"], logger).log(event["level"], "%s", event["message"])
+            continue
+        with lock:
+            targets = list(listeners.get(name, ()))
+            streams = [s for s in subscriptions if s.wants(name)] if subscriptions else ()
+        for listener in targets:
+            try:
+                listener(event)
+            except Exception:
+                _events_logger.exception("listener %r for %s raised", listener, name)
+        for stream in streams:
+            # waits while that stream is full: backpressure
+            stream.put(event)
+            if stream.closed:  # its consumer went away (e.g. its loop closed)
+                with lock:
+                    if stream in subscriptions:
+                        subscriptions.remove(stream)
+    return len(batch)
