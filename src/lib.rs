@@ -14,6 +14,7 @@
 //! - [`study`]: per-server study completion bookkeeping
 //! - [`events`]: the per-server event channel
 //! - [`server`]: listener, runtime, limits, graceful stop
+//! - [`memory`]: handing freed heap back to the system when quiet
 //! - [`tls`]: DICOM TLS configuration (rustls)
 //! - `python`: the pyo3 binding layer
 
@@ -24,6 +25,7 @@ pub mod config;
 pub mod dimse;
 pub mod events;
 pub mod header;
+pub mod memory;
 pub mod negotiation;
 pub mod pdu;
 pub mod receive;

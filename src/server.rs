@@ -72,7 +72,7 @@ impl Server {
             // associations queue their writes instead of each growing a
             // thread (and a malloc arena) of its own.
             .max_blocking_threads(64)
-            .thread_keep_alive(Duration::from_secs(5))
+            .thread_keep_alive(crate::memory::THREAD_KEEP_ALIVE)
             .enable_all()
             .build()
             .map_err(StartError::Runtime)?;
@@ -105,6 +105,13 @@ impl Server {
         let stats = ctx.stats.clone();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        // Give freed heap back once the server is quiet (see memory.rs).
+        runtime.spawn(crate::memory::trim_when_quiet(
+            stats.clone(),
+            crate::memory::QUIET_PERIOD,
+            crate::memory::LATE_TRIM,
+            shutdown_rx.clone(),
+        ));
         let accept_task = runtime.spawn(accept_loop(listener, ctx, tls, shutdown_rx));
 
         events.emit_blocking(Event::ServerStarted {
@@ -238,10 +245,11 @@ async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            // reap finished associations as they end, so that an idle
+            // server holds none of their memory
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             r = listener.accept() => r,
         };
-        // reap finished tasks so the set does not grow
-        while tasks.try_join_next().is_some() {}
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
