@@ -9,6 +9,7 @@ listener at all; ``work`` does what an application typically does per file
 (stat the file, group it by series, serialise the event to JSON).
 ``--extract-tags`` asks the core for 10 tags per file.
 
+SIGUSR1 calls glibc's ``malloc_trim(0)`` (for ``soak.py --trim``).
 Runs until SIGTERM or SIGINT, then stops gracefully (every event delivered)
 and writes a JSON summary (events seen, CLOCK_MONOTONIC time of the last one)
 to ``--summary``. Exit status 3: an option is not implemented in this build.
@@ -17,12 +18,15 @@ to ``--summary``. Exit status 3: an option is not implemented in this build.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import signal
 import sys
 import threading
 import time
+import tracemalloc
 from collections import defaultdict
 from typing import Any
 
@@ -45,6 +49,16 @@ EXTRACT_TAGS = [
 ]
 
 
+def _malloc_trim() -> None:
+    if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=1: what Python holds
+        current, peak = tracemalloc.get_traced_memory()
+        print(f"tracemalloc: current {current} peak {peak}", file=sys.stderr)
+        for stat in tracemalloc.take_snapshot().statistics("lineno")[:8]:
+            print(f"tracemalloc: {stat}", file=sys.stderr)
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, required=True)
@@ -59,6 +73,8 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # Soak diagnostics (benches/soak.py --trim): hand glibc's free heap back.
+    signal.signal(signal.SIGUSR1, lambda *_: _malloc_trim())
 
     state: dict[str, Any] = {"events": 0, "last_event": None, "bytes": 0}
     by_series: defaultdict[str, list[str]] = defaultdict(list)
