@@ -3,6 +3,8 @@ soak, benches/soak.py, measures the process as a whole)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -48,3 +50,14 @@ def test_dispatcher_keeps_no_delivered_event(base_dataset_file: Path, tmp_path: 
         alive = sum(p() is not None for p in probes)
         assert len(probes) == 4
         assert alive == 0, f"{alive} delivered event(s) still referenced while idle"
+
+
+def test_importing_the_package_leaves_asyncio_out() -> None:
+    """asyncio (with ssl) costs a synchronous receiver ~8 MB of RSS: it is
+    imported only by the async API, when that is used."""
+    code = (
+        "import sys, dicom_storescp, dicom_storescp.cli; "
+        "s = dicom_storescp.StoreScp(port=0, out_dir='.'); "
+        "assert 'asyncio' not in sys.modules, 'asyncio imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -14,14 +14,16 @@ finalized), or when its event loop is closed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 import weakref
 from collections import deque
 from types import TracebackType
-from typing import Any, Generic, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar
+
+if TYPE_CHECKING:  # asyncio is imported by whoever uses these (it costs ~8 MB RSS)
+    import asyncio
 
 E = TypeVar("E")
 

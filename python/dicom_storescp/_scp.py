@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -700,6 +700,8 @@ class StoreScp:
         events wait in it: a consumer that falls behind slows reception down
         (the sender waits), nothing is dropped.
         """
+        import asyncio  # lazily: only asyncio users pay for it
+
         for name in names:
             self._check_event(name)
         loop = asyncio.get_running_loop()
@@ -717,18 +719,24 @@ class StoreScp:
 
     async def astart(self) -> StoreScp:
         """:meth:`start` without blocking the event loop."""
+        import asyncio
+
         await asyncio.to_thread(self.start)
         return self
 
     async def astop(self, timeout: float = 30.0) -> None:
         """:meth:`stop` without blocking the event loop (so that ``async for``
         consumers on it take the last events, pending studies included)."""
+        import asyncio
+
         await asyncio.to_thread(self.stop, timeout)
 
     async def serve(self) -> None:
         """Start (if needed) and run until cancelled (or stopped elsewhere);
         then stop gracefully: objects in flight are finished and pending
         studies reported before the cancellation propagates."""
+        import asyncio
+
         await self.astart()
         try:
             while self._running.is_set() and not self._drained.is_set():
@@ -817,6 +825,9 @@ class StoreScp:
     def _release_streams_of_this_thread(self) -> None:
         """A blocking stop() on the thread of an event loop that consumes
         events() would wait forever for that consumer: close its streams."""
+        asyncio = sys.modules.get("asyncio")  # not imported: no loop runs
+        if asyncio is None:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -912,10 +923,11 @@ def _dispatch_until_closed(
         delivered = _deliver(core.next_events(0.5), listeners, subscriptions, lock)
         if delivered < 0:
             return
-        if delivered > 1:
-            # A burst: let the next events gather for a moment, so that busy
-            # reception wakes this thread (and takes the GIL) once per batch
-            # rather than once per object.
+        if delivered > 0:
+            # Let the next events gather for a moment, so that busy reception
+            # (even one object at a time over one association) wakes this
+            # thread and takes the GIL once per batch rather than once per
+            # object. Events are late by at most this pause.
             time.sleep(_BATCH_PAUSE)
 
 
