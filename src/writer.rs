@@ -25,7 +25,7 @@ use crate::storage::{ObjectKey, SpoolFile, Spooled, Storage, StorageError, Store
 const QUEUE: usize = 2;
 
 /// Spare buffers kept for reuse per association.
-const SPARE_BUFFERS: usize = 4;
+const SPARE_BUFFERS: usize = 2;
 
 /// Where and how spool files are created.
 #[derive(Debug, Clone)]
