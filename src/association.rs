@@ -135,6 +135,8 @@ struct Session {
     stored: u64,
     /// The association's writer thread, started with its first object.
     writer: Option<Writer>,
+    /// The connection's descriptor for the writer (plain TCP only).
+    answer_fd: Option<std::os::fd::OwnedFd>,
     /// Objects begun on this association.
     objects: u64,
 }
@@ -191,12 +193,35 @@ async fn abort_and_close<S: Stream>(io: &mut Io<S>, reason: AbortRQServiceProvid
     pdu::close_after_last_pdu(io).await;
 }
 
+/// Serve one association over plain TCP to its end; the association's
+/// writer gets its own descriptor of the connection to answer stores.
+pub async fn serve_tcp(
+    stream: tokio::net::TcpStream,
+    peer: String,
+    ctx: Arc<ServerContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    use std::os::fd::AsFd;
+    let answer_fd = stream.as_fd().try_clone_to_owned().ok();
+    serve_with(stream, peer, ctx, shutdown, answer_fd).await
+}
+
 /// Serve one association to its end.
 pub async fn serve<S: Stream>(
     stream: S,
     peer: String,
     ctx: Arc<ServerContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_with(stream, peer, ctx, shutdown, None).await
+}
+
+async fn serve_with<S: Stream>(
+    stream: S,
+    peer: String,
+    ctx: Arc<ServerContext>,
     mut shutdown: watch::Receiver<bool>,
+    answer_fd: Option<std::os::fd::OwnedFd>,
 ) {
     let mut io = stream;
     let mut reader = PduReader::default();
@@ -308,6 +333,7 @@ pub async fn serve<S: Stream>(
         discarding: None,
         stored: 0,
         writer: None,
+        answer_fd,
         objects: 0,
     };
     let end = session.run(&mut io, &mut reader, &mut shutdown).await;
@@ -422,7 +448,7 @@ impl Session {
             dir: self.ctx.storage.spool_dir().to_path_buf(),
             anonymous: self.ctx.storage.anonymous_spool(),
         };
-        let w = Writer::start(place, self.ctx.storage.clone())?;
+        let w = Writer::start(place, self.ctx.storage.clone(), self.answer_fd.take())?;
         self.writer = Some(w.clone());
         Ok(w)
     }
@@ -693,27 +719,48 @@ impl Session {
             context,
             incoming,
         } = r;
+        // The success answer, encoded now: the writer sends it itself right
+        // after publishing the object, when it holds the connection.
+        let answer = pdu::encode_pdata(
+            context.id,
+            true,
+            dimse::store_response(
+                cmd.message_id,
+                &sop_class_uid,
+                &sop_instance_uid,
+                status::SUCCESS,
+                None,
+            ),
+        )
+        .map_err(|e| End::Io(e.to_string()))?;
         let result = receive::complete(
             incoming,
             &context.transfer_syntax,
             &sop_instance_uid,
             self.ctx.extraction.clone(),
             self.ctx.storage.as_ref(),
+            answer.clone(),
         )
         .await;
-        let (status, comment) = match &result {
-            Ok(_) => (status::SUCCESS, None),
-            Err(f) => (f.status, Some(f.message.as_str())),
-        };
-        let response = dimse::store_response(
-            cmd.message_id,
-            &sop_class_uid,
-            &sop_instance_uid,
-            status,
-            comment,
-        );
         // Answer first, then tell Python: the sender never waits for listeners.
-        let sent = self.send_command(io, context.id, response).await;
+        let sent = match &result {
+            Ok(outcome) => match answer.get(outcome.answered..) {
+                Some(rest) if !rest.is_empty() => {
+                    io.write_all(rest).await.map_err(|e| End::Io(e.to_string()))
+                }
+                _ => Ok(()),
+            },
+            Err(f) => {
+                let response = dimse::store_response(
+                    cmd.message_id,
+                    &sop_class_uid,
+                    &sop_instance_uid,
+                    f.status,
+                    Some(f.message.as_str()),
+                );
+                self.send_command(io, context.id, response).await
+            }
+        };
         match result {
             Ok(outcome) => {
                 self.stored += 1;

@@ -138,6 +138,8 @@ pub struct StoreOutcome {
     pub stored: Stored,
     pub header: Header,
     pub key: ObjectKey,
+    /// How many bytes of the success response the writer already sent.
+    pub answered: usize,
 }
 
 fn cannot_parse(e: header::HeaderError) -> StoreFailure {
@@ -234,12 +236,15 @@ enum Progress {
 }
 
 /// Check a completely received object and store it.
+/// `answer` is the encoded success response, which the writer sends itself
+/// when it publishes the object and holds the connection.
 pub async fn complete(
     incoming: Incoming,
     transfer_syntax: &str,
     expected_sop_instance_uid: &str,
     extraction: Arc<Extraction>,
     storage: &dyn Storage,
+    answer: Vec<u8>,
 ) -> Result<StoreOutcome, StoreFailure> {
     let Incoming {
         writer,
@@ -280,7 +285,7 @@ pub async fn complete(
         None => {
             let object = match writer.finish(seq, buf, Then::Return).await {
                 Ok(Finished::Spooled(object)) => object,
-                Ok(Finished::Published(_)) => {
+                Ok(Finished::Published { .. }) => {
                     return Err(StoreFailure::resources("object published unchecked"))
                 }
                 Err(e) => return Err(StoreFailure::resources(e)),
@@ -301,16 +306,21 @@ pub async fn complete(
     };
     let object = match progress {
         Progress::Open(tail) => {
+            let then = Then::Publish {
+                key: key.clone(),
+                answer,
+            };
             match writer
-                .finish(seq, tail, Then::Publish(key.clone()))
+                .finish(seq, tail, then)
                 .await
                 .map_err(StoreFailure::resources)?
             {
-                Finished::Published(stored) => {
+                Finished::Published { stored, answered } => {
                     return Ok(StoreOutcome {
                         stored,
                         header,
                         key,
+                        answered,
                     })
                 }
                 Finished::Spooled(object) => object,
@@ -326,6 +336,7 @@ pub async fn complete(
         stored,
         header,
         key,
+        answered: 0,
     })
 }
 
@@ -342,7 +353,10 @@ mod tests {
             dir: spool.clone(),
             anonymous: false,
         };
-        (Writer::start(place, Arc::new(storage)).unwrap(), spool)
+        (
+            Writer::start(place, Arc::new(storage), None).unwrap(),
+            spool,
+        )
     }
 
     async fn finish(incoming: Incoming) -> Spooled {
@@ -351,7 +365,7 @@ mod tests {
         } = incoming;
         match writer.finish(seq, buf, Then::Return).await.unwrap() {
             Finished::Spooled(s) => s,
-            Finished::Published(_) => panic!("not asked to publish"),
+            Finished::Published { .. } => panic!("not asked to publish"),
         }
     }
 

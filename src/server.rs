@@ -274,7 +274,7 @@ async fn accept_loop(
             let _guard = guard;
             match tls {
                 None if busy => association::reject_busy(stream, ctx, peer).await,
-                None => association::serve(stream, peer, ctx, shutdown).await,
+                None => association::serve_tcp(stream, peer, ctx, shutdown).await,
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
                         ctx.config.acse_timeout.unwrap_or(Duration::from_secs(3600)),

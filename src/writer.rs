@@ -13,6 +13,7 @@
 //! cut off by an abort) is dropped with its spool file.
 
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -59,8 +60,10 @@ impl SpoolPlace {
 /// What the writer does once an object's last bytes are written.
 #[derive(Debug)]
 pub enum Then {
-    /// Publish it under this key (backends with a blocking publisher).
-    Publish(ObjectKey),
+    /// Publish it under this key (backends with a blocking publisher), then
+    /// send `answer` (the encoded success response) to the peer if the
+    /// writer has the connection.
+    Publish { key: ObjectKey, answer: Vec<u8> },
     /// Hand the complete spooled object back.
     Return,
 }
@@ -68,7 +71,12 @@ pub enum Then {
 /// The result of finishing an object.
 #[derive(Debug)]
 pub enum Finished {
-    Published(Stored),
+    /// Published; the first `answered` bytes of the success response went
+    /// out (the association sends the rest).
+    Published {
+        stored: Stored,
+        answered: usize,
+    },
     Spooled(Spooled),
 }
 
@@ -106,8 +114,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start a writer thread.
-    pub fn start(place: SpoolPlace, storage: Arc<dyn Storage>) -> io::Result<Writer> {
+    /// Start a writer thread. With `peer` (a duplicate of a plain TCP
+    /// connection's descriptor) the writer sends the success response of an
+    /// object it publishes itself, right after publishing it: the sender
+    /// does not wait for the association's task to wake up and do it.
+    pub fn start(
+        place: SpoolPlace,
+        storage: Arc<dyn Storage>,
+        peer: Option<OwnedFd>,
+    ) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let spare = Arc::new(Mutex::new(Vec::new()));
         let thread = WriterThread {
@@ -115,6 +130,7 @@ impl Writer {
             storage,
             spare: spare.clone(),
             current: None,
+            peer,
         };
         std::thread::Builder::new()
             .name("dicom-storescp-writer".into())
@@ -177,6 +193,38 @@ struct WriterThread {
     storage: Arc<dyn Storage>,
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
     current: Option<Current>,
+    /// The association's connection (its own descriptor), when plain TCP.
+    peer: Option<OwnedFd>,
+}
+
+/// Send what the socket takes now of `bytes` without blocking (the socket
+/// is non-blocking); returns how many bytes went out. Errors are left to the
+/// association, which sends the rest and meets them itself.
+fn send_now(peer: &OwnedFd, bytes: &[u8]) -> usize {
+    let mut sent = 0;
+    while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
+        // SAFETY: the descriptor is owned and open for the call; the buffer
+        // is valid for `rest.len()` bytes; MSG_NOSIGNAL keeps a closed
+        // connection from raising SIGPIPE.
+        let n = unsafe {
+            libc::send(
+                peer.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => sent += n,
+            _ => {
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+        }
+    }
+    sent
 }
 
 impl WriterThread {
@@ -246,10 +294,72 @@ impl WriterThread {
         };
         match then {
             Then::Return => Ok(Finished::Spooled(object)),
-            Then::Publish(key) => match self.storage.blocking_publisher() {
-                Some(publisher) => Ok(Finished::Published(publisher.publish(object, &key)?)),
+            Then::Publish { key, answer } => match self.storage.blocking_publisher() {
+                Some(publisher) => {
+                    let stored = publisher.publish(object, &key)?;
+                    let answered = match &self.peer {
+                        Some(peer) => send_now(peer, &answer),
+                        None => 0,
+                    };
+                    Ok(Finished::Published { stored, answered })
+                }
                 None => Ok(Finished::Spooled(object)),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::FilesystemStorage;
+    use std::io::Read;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_then_answers_the_peer_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FilesystemStorage::new(dir.path()).unwrap();
+        let place = SpoolPlace {
+            dir: storage.spool_dir().to_path_buf(),
+            anonymous: storage.anonymous_spool(),
+        };
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let writer = Writer::start(place, Arc::new(storage), Some(OwnedFd::from(ours))).unwrap();
+        let key = ObjectKey {
+            study_instance_uid: "1.2".into(),
+            series_instance_uid: "1.2.3".into(),
+            sop_instance_uid: "1.2.3.4".into(),
+        };
+        let mut first = writer.buffer();
+        first.extend_from_slice(&[7u8; 200_000]);
+        writer.piece(1, first).await.unwrap();
+        let then = Then::Publish {
+            key,
+            answer: b"ANSWER".to_vec(),
+        };
+        let finished = writer.finish(1, b"tail".to_vec(), then).await.unwrap();
+        let Finished::Published { stored, answered } = finished else {
+            panic!("not published");
+        };
+        assert_eq!(answered, 6);
+        let mut got = [0u8; 6];
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ANSWER");
+        let data = std::fs::read(&stored.location).unwrap();
+        assert_eq!(data.len(), 200_004);
+        assert!(data.ends_with(b"tail"));
+
+        // a peer that is gone: nothing sent, no signal, the store stands
+        drop(theirs);
+        let then = Then::Publish {
+            key: ObjectKey {
+                study_instance_uid: "1.2".into(),
+                series_instance_uid: "1.2.3".into(),
+                sop_instance_uid: "1.2.3.5".into(),
+            },
+            answer: b"ANSWER".to_vec(),
+        };
+        let finished = writer.finish(2, b"small".to_vec(), then).await.unwrap();
+        assert!(matches!(finished, Finished::Published { answered: 0, .. }));
     }
 }
