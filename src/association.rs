@@ -1,6 +1,7 @@
 //! One association, from A-ASSOCIATE-RQ to release or abort: negotiation,
 //! the DIMSE message loop (C-ECHO, C-STORE) and the timeouts that bound it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,10 @@ use dicom_ul::pdu::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::completion::{AssociationInfo, StoreReport};
 use crate::config::ServerConfig;
 use crate::dimse::{self, status, Command};
-use crate::events::{target, ErrorInfo, Event, Events, FileStored, Level, Rejected};
+use crate::events::{ErrorInfo, Event, Events, Level, Rejected};
 use crate::negotiation::{
     AcceptedContext, NegotiationPolicy, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
     VERIFICATION,
@@ -22,9 +24,9 @@ use crate::negotiation::{
 use crate::pdu::{self, PduError, PduReader};
 use crate::receive::{self, Incoming};
 use crate::storage::{is_valid_uid, Storage};
-use crate::study::{InstanceRecord, StudyTracker};
+use crate::study::StudyTracker;
 use crate::tags::Extraction;
-use crate::writer::{SpoolPlace, Writer};
+use crate::writer::{Done, SpoolPlace, Writer};
 
 /// Everything an association needs from its server.
 pub struct ServerContext {
@@ -125,16 +127,19 @@ struct Discarding {
 
 struct Session {
     ctx: Arc<ServerContext>,
+    /// Peer, calling AE title and count of stored objects, shared with the
+    /// reports the writer runs.
+    assoc: Arc<AssociationInfo>,
     contexts: Vec<AcceptedContext>,
-    calling_ae_title: String,
-    peer: String,
     command: Vec<u8>,
     command_context: Option<u8>,
     receiving: Option<Receiving>,
     discarding: Option<Discarding>,
-    stored: u64,
     /// The association's writer thread, started with its first object.
     writer: Option<Writer>,
+    /// The last object handed to the writer to finish on its own: waited
+    /// for before the task writes to the connection or reports anything.
+    settling: Option<Done>,
     /// The connection's descriptor for the writer (plain TCP only).
     answer_fd: Option<std::os::fd::OwnedFd>,
     /// Objects begun on this association.
@@ -324,15 +329,19 @@ async fn serve_with<S: Stream>(
     let _open = crate::stats::OpenAssociation::new(&ctx.stats);
     let mut session = Session {
         ctx: ctx.clone(),
+        assoc: Arc::new(AssociationInfo {
+            ctx: ctx.clone(),
+            peer: peer.clone(),
+            calling_ae_title: negotiated.calling_ae_title,
+            stored: AtomicU64::new(0),
+        }),
         contexts: negotiated.contexts,
-        calling_ae_title: negotiated.calling_ae_title,
-        peer: peer.clone(),
         command: Vec::new(),
         command_context: None,
         receiving: None,
         discarding: None,
-        stored: 0,
         writer: None,
+        settling: None,
         answer_fd,
         objects: 0,
     };
@@ -417,6 +426,7 @@ impl Session {
                     }
                 }
                 pdu::A_RELEASE_RQ => {
+                    self.settle().await;
                     let rp = dicom_ul::pdu::Pdu::ReleaseRP;
                     pdu::send_quietly(io, &rp).await;
                     return End::Released;
@@ -448,7 +458,12 @@ impl Session {
             dir: self.ctx.storage.spool_dir().to_path_buf(),
             anonymous: self.ctx.storage.anonymous_spool(),
         };
-        let w = Writer::start(place, self.ctx.storage.clone(), self.answer_fd.take())?;
+        let w = Writer::start(
+            place,
+            self.ctx.storage.clone(),
+            self.answer_fd.take(),
+            self.ctx.config.dimse_timeout,
+        )?;
         self.writer = Some(w.clone());
         Ok(w)
     }
@@ -457,12 +472,22 @@ impl Session {
         self.contexts.iter().find(|c| c.id == id)
     }
 
+    /// Wait until the writer is done with the object it finishes on its own
+    /// (its response sent, its event queued).
+    async fn settle(&mut self) {
+        if let Some(done) = self.settling.take() {
+            // An error was reported by the writer already.
+            let _ = done.await;
+        }
+    }
+
     async fn send_command<S: Stream>(
-        &self,
+        &mut self,
         io: &mut Io<S>,
         context_id: u8,
         command: Vec<u8>,
     ) -> Result<(), End> {
+        self.settle().await;
         let bytes =
             pdu::encode_pdata(context_id, true, command).map_err(|e| End::Io(e.to_string()))?;
         io.write_all(&bytes)
@@ -531,6 +556,7 @@ impl Session {
                 if let Some(d) = self.discarding.take() {
                     if let Some(err) = d.error {
                         crate::stats::bump(&self.ctx.stats.objects_failed);
+                        self.settle().await;
                         self.ctx.events.error(err).await;
                     }
                     self.send_command(io, d.context_id, d.response).await?;
@@ -542,13 +568,7 @@ impl Session {
     }
 
     fn error_info(&self, message: String, sop: Option<&str>, status: Option<u16>) -> ErrorInfo {
-        ErrorInfo {
-            message,
-            sop_instance_uid: sop.map(str::to_string),
-            calling_ae_title: Some(self.calling_ae_title.clone()),
-            peer: Some(self.peer.clone()),
-            status,
-        }
+        self.assoc.error_info(message, sop, status)
     }
 
     async fn on_command<S: Stream>(
@@ -574,7 +594,7 @@ impl Session {
                     .unwrap_or_else(|| VERIFICATION.to_string());
                 self.ctx
                     .events
-                    .log(Level::Debug, || format!("C-ECHO from {}", self.peer));
+                    .log(Level::Debug, || format!("C-ECHO from {}", self.assoc.peer));
                 self.send_command(io, context_id, dimse::echo_response(cmd.message_id, &class))
                     .await
             }
@@ -584,7 +604,10 @@ impl Session {
                 let class = cmd.affected_sop_class_uid.clone().unwrap_or_default();
                 let response = dimse::unsupported_response(field, cmd.message_id, &class);
                 self.ctx.events.log(Level::Warning, || {
-                    format!("{}: unsupported DIMSE command 0x{field:04x}", self.peer)
+                    format!(
+                        "{}: unsupported DIMSE command 0x{field:04x}",
+                        self.assoc.peer
+                    )
                 });
                 if cmd.has_dataset {
                     self.discarding = Some(Discarding {
@@ -650,6 +673,7 @@ impl Session {
                 return Ok(());
             }
             crate::stats::bump(&self.ctx.stats.objects_failed);
+            self.settle().await;
             self.ctx.events.error(info).await;
             return self.send_command(io, context.id, response).await;
         }
@@ -659,7 +683,7 @@ impl Session {
                 &sop_class_uid,
                 &sop_instance_uid,
                 &context.transfer_syntax,
-                &self.calling_ae_title,
+                &self.assoc.calling_ae_title,
             ) {
                 Ok(p) => p,
                 Err(e) => {
@@ -719,117 +743,53 @@ impl Session {
             context,
             incoming,
         } = r;
-        // The success answer, encoded now: the writer sends it itself right
-        // after publishing the object, when it holds the connection.
-        let answer = pdu::encode_pdata(
-            context.id,
-            true,
-            dimse::store_response(
-                cmd.message_id,
-                &sop_class_uid,
-                &sop_instance_uid,
-                status::SUCCESS,
-                None,
-            ),
-        )
-        .map_err(|e| End::Io(e.to_string()))?;
-        let result = receive::complete(
+        let report = StoreReport {
+            association: self.assoc.clone(),
+            context_id: context.id,
+            transfer_syntax: context.transfer_syntax,
+            message_id: cmd.message_id,
+            sop_class_uid,
+            sop_instance_uid,
+        };
+        let checked = receive::check(
             incoming,
-            &context.transfer_syntax,
-            &sop_instance_uid,
+            &report.transfer_syntax,
+            &report.sop_instance_uid,
             self.ctx.extraction.clone(),
-            self.ctx.storage.as_ref(),
-            answer.clone(),
         )
         .await;
-        // Answer first, then tell Python: the sender never waits for listeners.
-        let sent = match &result {
-            Ok(outcome) => match answer.get(outcome.answered..) {
-                Some(rest) if !rest.is_empty() => {
-                    io.write_all(rest).await.map_err(|e| End::Io(e.to_string()))
+        let outcome = match checked {
+            Ok(checked) if checked.can_hand_over() => {
+                // The writer publishes, answers and reports; back to reading.
+                let handed = checked
+                    .hand_over(|header, key| report.clone().for_writer(header, key))
+                    .await;
+                match handed {
+                    Ok(done) => {
+                        self.settling = Some(done);
+                        return Ok(());
+                    }
+                    Err(failure) => Err(failure),
                 }
-                _ => Ok(()),
-            },
-            Err(f) => {
-                let response = dimse::store_response(
-                    cmd.message_id,
-                    &sop_class_uid,
-                    &sop_instance_uid,
-                    f.status,
-                    Some(f.message.as_str()),
-                );
-                self.send_command(io, context.id, response).await
             }
+            Ok(checked) => checked.store(self.ctx.storage.as_ref()).await,
+            Err(failure) => Err(failure),
         };
-        match result {
-            Ok(outcome) => {
-                self.stored += 1;
-                crate::stats::bump(&self.ctx.stats.objects_stored);
-                self.ctx
-                    .stats
-                    .bytes_stored
-                    .fetch_add(outcome.stored.size, std::sync::atomic::Ordering::Relaxed);
-                let header = &outcome.header;
-                self.ctx.events.log_to(target::STORAGE, Level::Info, || {
-                    format!(
-                        "stored {} ({} bytes) from {}",
-                        outcome.stored.uri, outcome.stored.size, self.peer
-                    )
-                });
-                for warning in &header.warnings {
-                    self.ctx.events.log_to(target::TAGS, Level::Warning, || {
-                        format!(
-                            "{} from {}: {warning}",
-                            outcome.key.sop_instance_uid, self.peer
-                        )
-                    });
-                }
-                let extracted = self.ctx.extraction.extract(header);
-                let sop_class_uid = header
-                    .get(crate::header::SOP_CLASS_UID)
-                    .map(str::to_string)
-                    .unwrap_or(sop_class_uid);
-                let file_stored = FileStored {
-                    file: outcome.stored.location.clone(),
-                    uri: outcome.stored.uri.clone(),
-                    sop_instance_uid: outcome.key.sop_instance_uid.clone(),
-                    sop_class_uid: sop_class_uid.clone(),
-                    transfer_syntax_uid: context.transfer_syntax.clone(),
-                    study_instance_uid: outcome.key.study_instance_uid.clone(),
-                    series_instance_uid: outcome.key.series_instance_uid.clone(),
-                    calling_ae_title: self.calling_ae_title.clone(),
-                    peer: self.peer.clone(),
-                    size: outcome.stored.size,
-                    tags: self.ctx.extraction.file_tags(&extracted),
-                };
-                self.ctx
-                    .events
-                    .emit(Event::FileStored(Box::new(file_stored)))
-                    .await;
-                self.ctx
-                    .studies
-                    .stored(InstanceRecord {
-                        study_instance_uid: outcome.key.study_instance_uid.into(),
-                        series_instance_uid: outcome.key.series_instance_uid.into(),
-                        sop_instance_uid: outcome.key.sop_instance_uid.into(),
-                        sop_class_uid: sop_class_uid.into(),
-                        transfer_syntax_uid: context.transfer_syntax.into(),
-                        file: outcome.stored.location.into(),
-                        uri: outcome.stored.uri.into(),
-                        tags: extracted,
-                    })
-                    .await;
-            }
-            Err(f) => {
-                crate::stats::bump(&self.ctx.stats.objects_failed);
-                let info = self.error_info(f.message, Some(&sop_instance_uid), Some(f.status));
-                self.ctx.events.error(info).await;
-            }
-        }
+        // Answer first, then tell Python: the sender never waits for listeners.
+        self.settle().await;
+        let sent = match report.response_for(&outcome) {
+            Some(bytes) => io
+                .write_all(&bytes)
+                .await
+                .map_err(|e| End::Io(e.to_string())),
+            None => Err(End::Io("cannot encode the C-STORE response".into())),
+        };
+        report.conclude(outcome).deliver().await;
         sent
     }
 
     async fn finish<S: Stream>(mut self, io: &mut Io<S>, end: End) {
+        self.settle().await;
         let events = self.ctx.events.clone();
         let (what, send_abort) = match &end {
             End::Released => ("released".to_string(), None),
@@ -870,7 +830,9 @@ impl Session {
         events.log(level, || {
             format!(
                 "association with {:?} at {} {what}; {} object(s) stored",
-                self.calling_ae_title, self.peer, self.stored
+                self.assoc.calling_ae_title,
+                self.assoc.peer,
+                self.assoc.stored.load(Ordering::Relaxed)
             )
         });
     }

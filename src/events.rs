@@ -234,6 +234,12 @@ impl Events {
 
     /// A failed store: a warning (target `storage`) and an `OnError` event.
     pub async fn error(&self, info: ErrorInfo) {
+        let event = self.error_event(info);
+        self.emit(event).await;
+    }
+
+    /// Log a failed store (target `storage`) and make its `OnError` event.
+    pub fn error_event(&self, info: ErrorInfo) -> Event {
         self.log_to(target::STORAGE, Level::Warning, || {
             format!(
                 "store failed{}{}: {}",
@@ -248,7 +254,7 @@ impl Events {
                 info.message
             )
         });
-        self.emit(Event::Error(Box::new(info))).await;
+        Event::Error(Box::new(info))
     }
 }
 

@@ -21,6 +21,7 @@
 pub mod association;
 pub mod attribute_levels;
 pub mod charset;
+pub mod completion;
 pub mod config;
 pub mod dimse;
 pub mod events;

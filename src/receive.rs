@@ -13,7 +13,7 @@ use crate::dimse::status;
 use crate::header::{self, Header};
 use crate::storage::{is_valid_uid, ObjectKey, Spooled, Storage, Stored};
 use crate::tags::Extraction;
-use crate::writer::{Finished, Then, WriteError, Writer};
+use crate::writer::{Completion, Done, Finished, Then, WriteError, Writer};
 
 /// Size of the pieces a big object is written in (once past
 /// [`LARGE_OBJECT`]), and the most an object may stay in memory.
@@ -127,7 +127,7 @@ impl StoreFailure {
         }
     }
 
-    fn resources(e: impl std::fmt::Display) -> Self {
+    pub fn resources(e: impl std::fmt::Display) -> Self {
         StoreFailure::new(status::OUT_OF_RESOURCES, e.to_string())
     }
 }
@@ -138,8 +138,6 @@ pub struct StoreOutcome {
     pub stored: Stored,
     pub header: Header,
     pub key: ObjectKey,
-    /// How many bytes of the success response the writer already sent.
-    pub answered: usize,
 }
 
 fn cannot_parse(e: header::HeaderError) -> StoreFailure {
@@ -235,17 +233,24 @@ enum Progress {
     Spooled(Spooled),
 }
 
-/// Check a completely received object and store it.
-/// `answer` is the encoded success response, which the writer sends itself
-/// when it publishes the object and holds the connection.
-pub async fn complete(
+/// A completely received object whose header was read and checked.
+pub struct Checked {
+    pub header: Header,
+    pub key: ObjectKey,
+    writer: Writer,
+    seq: u64,
+    progress: Progress,
+}
+
+/// Read a completely received object's header and check it against the
+/// command: the storage key, or why the object is refused (what was
+/// written of it is dropped then).
+pub async fn check(
     incoming: Incoming,
     transfer_syntax: &str,
     expected_sop_instance_uid: &str,
     extraction: Arc<Extraction>,
-    storage: &dyn Storage,
-    answer: Vec<u8>,
-) -> Result<StoreOutcome, StoreFailure> {
+) -> Result<Checked, StoreFailure> {
     let Incoming {
         writer,
         seq,
@@ -285,9 +290,7 @@ pub async fn complete(
         None => {
             let object = match writer.finish(seq, buf, Then::Return).await {
                 Ok(Finished::Spooled(object)) => object,
-                Ok(Finished::Published { .. }) => {
-                    return Err(StoreFailure::resources("object published unchecked"))
-                }
+                Ok(_) => return Err(StoreFailure::resources("object published unchecked")),
                 Err(e) => return Err(StoreFailure::resources(e)),
             };
             let (object, header) =
@@ -295,49 +298,97 @@ pub async fn complete(
             (header, Progress::Spooled(object))
         }
     };
-    let key = match object_key(&header, expected_sop_instance_uid) {
-        Ok(key) => key,
+    match object_key(&header, expected_sop_instance_uid) {
+        Ok(key) => Ok(Checked {
+            header,
+            key,
+            writer,
+            seq,
+            progress,
+        }),
         Err(failure) => {
             if matches!(progress, Progress::Open(_)) {
                 writer.discard(seq).await;
             }
-            return Err(failure);
+            Err(failure)
         }
-    };
-    let object = match progress {
-        Progress::Open(tail) => {
-            let then = Then::Publish {
-                key: key.clone(),
-                answer,
-            };
-            match writer
-                .finish(seq, tail, then)
-                .await
-                .map_err(StoreFailure::resources)?
-            {
-                Finished::Published { stored, answered } => {
-                    return Ok(StoreOutcome {
-                        stored,
-                        header,
-                        key,
-                        answered,
-                    })
+    }
+}
+
+impl Checked {
+    /// Whether the writer can finish this object on its own (see
+    /// [`Writer::completes`]); otherwise [`Checked::store`] it.
+    pub fn can_hand_over(&self) -> bool {
+        self.writer.completes() && matches!(self.progress, Progress::Open(_))
+    }
+
+    /// Let the writer finish the object by itself: `completion` makes, from
+    /// the header and key, what it answers and reports. The returned
+    /// [`Done`] resolves once it has.
+    pub async fn hand_over(
+        self,
+        completion: impl FnOnce(Header, ObjectKey) -> Box<dyn Completion>,
+    ) -> Result<Done, StoreFailure> {
+        let Checked {
+            header,
+            key,
+            writer,
+            seq,
+            progress,
+        } = self;
+        let tail = match progress {
+            Progress::Open(tail) => tail,
+            Progress::Spooled(_) => Vec::new(),
+        };
+        let then = Then::Complete(completion(header, key));
+        writer
+            .hand_over(seq, tail, then)
+            .await
+            .map_err(StoreFailure::resources)
+    }
+
+    /// Store the object (waits until it is published).
+    pub async fn store(self, storage: &dyn Storage) -> Result<StoreOutcome, StoreFailure> {
+        let Checked {
+            header,
+            key,
+            writer,
+            seq,
+            progress,
+        } = self;
+        let object = match progress {
+            Progress::Open(tail) => {
+                let then = Then::Publish { key: key.clone() };
+                match writer
+                    .finish(seq, tail, then)
+                    .await
+                    .map_err(StoreFailure::resources)?
+                {
+                    Finished::Published(stored) => {
+                        return Ok(StoreOutcome {
+                            stored,
+                            header,
+                            key,
+                        })
+                    }
+                    Finished::Spooled(object) => object,
+                    Finished::Completed => {
+                        return Err(StoreFailure::resources("object completed elsewhere"))
+                    }
                 }
-                Finished::Spooled(object) => object,
             }
-        }
-        Progress::Spooled(object) => object,
-    };
-    let stored = storage
-        .commit(object, key.clone())
-        .await
-        .map_err(StoreFailure::resources)?;
-    Ok(StoreOutcome {
-        stored,
-        header,
-        key,
-        answered: 0,
-    })
+            Progress::Spooled(object) => object,
+        };
+        let stored = storage
+            .commit(object, key.clone())
+            .await
+            .map_err(StoreFailure::resources)?;
+        Ok(StoreOutcome {
+            stored,
+            header,
+            key,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -354,7 +405,7 @@ mod tests {
             anonymous: false,
         };
         (
-            Writer::start(place, Arc::new(storage), None).unwrap(),
+            Writer::start(place, Arc::new(storage), None, None).unwrap(),
             spool,
         )
     }
@@ -365,7 +416,7 @@ mod tests {
         } = incoming;
         match writer.finish(seq, buf, Then::Return).await.unwrap() {
             Finished::Spooled(s) => s,
-            Finished::Published { .. } => panic!("not asked to publish"),
+            _ => panic!("not asked to publish"),
         }
     }
 

@@ -1,32 +1,33 @@
 //! Study completion bookkeeping, one tracker per server.
 //!
-//! A tokio task owns the pending studies: Study Instance UID → the instances
-//! received since the study was last reported, and a deadline. Associations
-//! feed it through a bounded channel after each stored object; every new
-//! instance pushes the study's deadline to `now + study_timeout`. When a
-//! deadline passes, the study is reported once (`OnStudyCompleted`) with
-//! every instance of that quiet period and forgotten; instances arriving
-//! later start a new period. `flush` reports every pending study at once
-//! (used by `stop()`).
+//! The pending studies live behind a mutex: Study Instance UID → the
+//! instances received since the study was last reported, and a deadline.
+//! Recording a stored instance is a short, synchronous insert, so that it
+//! can be done from whichever thread finished the object (an association's
+//! writer thread or its task) without waking anything: every new instance
+//! pushes the study's deadline to `now + study_timeout`. A timer task sleeps
+//! until the earliest deadline; since every deadline is `now + timeout`, a
+//! new instance never moves the earliest one earlier, so the timer is only
+//! woken when the first pending study appears. When a deadline passes, the
+//! study is reported once (`OnStudyCompleted`) with every instance of that
+//! quiet period and forgotten; instances arriving later start a new period.
+//! `flush` reports every pending study at once (used by `stop()`).
 //!
 //! Per pending instance only its UIDs, file location and extracted values
 //! are kept.
 
 use std::sync::atomic::Ordering;
 
-use crate::stats::{bump, Stats};
+use crate::stats::Stats;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::events::{target, Event, Events, GroupedTags, Level};
 use crate::tags::{Extracted, Extraction, StudyTarget};
-
-/// Messages queued at most; associations wait when the tracker lags.
-const QUEUE: usize = 4096;
 
 /// One stored instance, as the tracker keeps it.
 #[derive(Debug, Clone)]
@@ -65,15 +66,29 @@ pub struct StudyCompleted {
     pub series: Vec<SeriesCompleted>,
 }
 
-enum Message {
-    Stored(Box<InstanceRecord>),
-    Flush(oneshot::Sender<()>),
-}
-
 /// The associations' handle on the tracker.
 #[derive(Clone)]
 pub struct StudyTracker {
-    tx: mpsc::Sender<Message>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the timer task when the first pending study appears.
+    first: Notify,
+    timeout: Duration,
+    extraction: Arc<Extraction>,
+    events: Events,
+    stats: Arc<Stats>,
+    /// False outside a runtime: no timer, records are dropped.
+    active: bool,
+}
+
+#[derive(Default)]
+struct State {
+    pending: HashMap<Box<str>, Pending>,
+    deadlines: BTreeMap<(Instant, u64), Box<str>>,
+    seq: u64,
 }
 
 struct PendingSeries {
@@ -120,105 +135,138 @@ impl Pending {
     }
 }
 
+impl State {
+    fn add(&mut self, record: InstanceRecord, deadline: Instant) {
+        self.seq += 1;
+        let key = (deadline, self.seq);
+        let study = record.study_instance_uid.clone();
+        let entry = self
+            .pending
+            .entry(study.clone())
+            .or_insert_with(|| Pending {
+                key,
+                series: Vec::new(),
+                index: HashMap::new(),
+            });
+        self.deadlines.remove(&entry.key);
+        entry.key = key;
+        self.deadlines.insert(key, study);
+        entry.add(record);
+    }
+
+    /// Take the studies whose deadline is at or before `now` (all of them
+    /// with `None`), earliest first.
+    fn take_due(&mut self, now: Option<Instant>) -> Vec<(Box<str>, Pending)> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.deadlines.first_entry() {
+            if now.is_some_and(|now| entry.key().0 > now) {
+                break;
+            }
+            let study = entry.remove();
+            if let Some(p) = self.pending.remove(&study) {
+                due.push((study, p));
+            }
+        }
+        due
+    }
+}
+
 impl StudyTracker {
-    /// Start the tracker task on the current runtime. Outside a runtime
-    /// (harnesses that never run a server) the tracker is inert: its
-    /// channel is closed and every record is dropped at once.
+    /// Start the tracker's timer task on the current runtime. Outside a
+    /// runtime (harnesses that never run a server) the tracker is inert:
+    /// every record is dropped at once.
     pub fn spawn(
         timeout: Duration,
         extraction: Arc<Extraction>,
         events: Events,
         stats: Arc<Stats>,
     ) -> StudyTracker {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(run(
-                rx,
-                timeout,
-                extraction,
-                events.with_target(target::STUDY),
-                stats,
-            ));
+        let handle = tokio::runtime::Handle::try_current().ok();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            first: Notify::new(),
+            timeout,
+            extraction,
+            events: events.with_target(target::STUDY),
+            stats,
+            active: handle.is_some(),
+        });
+        if let Some(handle) = handle {
+            handle.spawn(run(shared.clone()));
         }
-        StudyTracker { tx }
+        StudyTracker { shared }
     }
 
-    /// Record a stored instance (waits while the queue is full).
-    pub async fn stored(&self, record: InstanceRecord) {
-        // The tracker only ends with the runtime; nothing to do then.
-        let _ = self.tx.send(Message::Stored(Box::new(record))).await;
+    /// Record a stored instance. Never waits for more than the insert.
+    pub fn stored(&self, record: InstanceRecord) {
+        let shared = &*self.shared;
+        if !shared.active {
+            return;
+        }
+        let deadline = Instant::now() + shared.timeout;
+        let was_idle = {
+            let mut state = shared.lock();
+            let was_idle = state.deadlines.is_empty();
+            state.add(record, deadline);
+            shared.count(&state);
+            was_idle
+        };
+        if was_idle {
+            shared.first.notify_one();
+        }
     }
 
     /// Report every pending study now; returns once they are emitted.
     pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Message::Flush(done)).await.is_ok() {
-            let _ = wait.await;
+        let due = {
+            let mut state = self.shared.lock();
+            let due = state.take_due(None);
+            self.shared.count(&state);
+            due
+        };
+        self.shared.report(due).await;
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way that matters more than losing the tracker: go on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, state: &State) {
+        self.stats
+            .studies_pending
+            .store(state.pending.len() as u64, Ordering::Relaxed);
+    }
+
+    async fn report(&self, due: Vec<(Box<str>, Pending)>) {
+        for (study, p) in due {
+            complete(&study, p, &self.extraction, &self.events).await;
+            crate::stats::bump(&self.stats.studies_completed);
         }
     }
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<Message>,
-    timeout: Duration,
-    extraction: Arc<Extraction>,
-    events: Events,
-    stats: Arc<Stats>,
-) {
-    let mut pending: HashMap<Box<str>, Pending> = HashMap::new();
-    let mut deadlines: BTreeMap<(Instant, u64), Box<str>> = BTreeMap::new();
-    let mut seq: u64 = 0;
+/// The timer: sleep until the earliest deadline (or until a first study is
+/// pending), report what is due, again. Ends with the server's runtime.
+async fn run(shared: Arc<Shared>) {
     loop {
-        let next = deadlines.keys().next().map(|k| k.0);
-        let sleep = async {
-            match next {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            message = rx.recv() => match message {
-                Some(Message::Stored(record)) => {
-                    seq += 1;
-                    let key = (Instant::now() + timeout, seq);
-                    let study = record.study_instance_uid.clone();
-                    let entry = pending.entry(study.clone()).or_insert_with(|| Pending {
-                        key,
-                        series: Vec::new(),
-                        index: HashMap::new(),
-                    });
-                    deadlines.remove(&entry.key);
-                    entry.key = key;
-                    deadlines.insert(key, study);
-                    entry.add(*record);
-                    stats.studies_pending.store(pending.len() as u64, Ordering::Relaxed);
-                }
-                Some(Message::Flush(done)) => {
-                    let all: Vec<_> = std::mem::take(&mut deadlines).into_values().collect();
-                    for study in all {
-                        if let Some(p) = pending.remove(&study) {
-                            complete(&study, p, &extraction, &events).await;
-                            bump(&stats.studies_completed);
-                        }
-                    }
-                    stats.studies_pending.store(pending.len() as u64, Ordering::Relaxed);
-                    let _ = done.send(());
-                }
-                None => return,
-            },
-            _ = sleep => {
-                let now = Instant::now();
-                while let Some(entry) = deadlines.first_entry() {
-                    if entry.key().0 > now {
-                        break;
-                    }
-                    let study = entry.remove();
-                    if let Some(p) = pending.remove(&study) {
-                        complete(&study, p, &extraction, &events).await;
-                        bump(&stats.studies_completed);
-                    }
-                }
-                stats.studies_pending.store(pending.len() as u64, Ordering::Relaxed);
+        let next = shared.lock().deadlines.keys().next().map(|k| k.0);
+        match next {
+            // `stored` notifies after inserting; a permit stored before we
+            // wait is not lost (Notify keeps one).
+            None => shared.first.notified().await,
+            Some(t) => {
+                tokio::time::sleep_until(t).await;
+                let due = {
+                    let mut state = shared.lock();
+                    let due = state.take_due(Some(Instant::now()));
+                    shared.count(&state);
+                    due
+                };
+                shared.report(due).await;
             }
         }
     }
@@ -366,17 +414,17 @@ mod tests {
         );
         let tags =
             |n: &str| -> Extracted { vec![(0, "DOE".into()), (1, "CT".into()), (2, n.into())] };
-        t.stored(record("1.1", "1.1.1", "1.1.1.1", tags("1"))).await;
+        t.stored(record("1.1", "1.1.1", "1.1.1.1", tags("1")));
         tokio::time::sleep(Duration::from_secs(8)).await;
-        t.stored(record("1.1", "1.1.2", "1.1.2.1", tags("2"))).await;
-        t.stored(record("2.2", "2.2.1", "2.2.1.1", tags("1"))).await;
+        t.stored(record("1.1", "1.1.2", "1.1.2.1", tags("2")));
+        t.stored(record("2.2", "2.2.1", "2.2.1.1", tags("1")));
         tokio::time::sleep(Duration::from_secs(8)).await;
         assert!(
             studies(&mut rx).is_empty(),
             "completed before the quiet period"
         );
         // re-sent instance replaces the earlier record
-        t.stored(record("1.1", "1.1.2", "1.1.2.1", tags("2"))).await;
+        t.stored(record("1.1", "1.1.2", "1.1.2.1", tags("2")));
         tokio::time::sleep(Duration::from_secs(5)).await;
         let done = studies(&mut rx);
         assert_eq!(done.len(), 1);
@@ -403,7 +451,7 @@ mod tests {
         );
 
         // a later instance starts a new period; flush reports it at once
-        t.stored(record("1.1", "1.1.3", "1.1.3.1", tags("3"))).await;
+        t.stored(record("1.1", "1.1.3", "1.1.3.1", tags("3")));
         t.flush().await;
         let done = studies(&mut rx);
         assert_eq!(done.len(), 1);
@@ -426,11 +474,38 @@ mod tests {
             "1.1",
             "1.1.1",
             vec![(0, "DOE".into()), (2, "7".into())],
-        ))
-        .await;
+        ));
         tokio::time::sleep(Duration::from_secs(2)).await;
         let done = studies(&mut rx);
         assert_eq!(done[0].tags, vec![(String::new(), vec![])]);
         assert_eq!(done[0].series[0].instances[0].tags[0].1.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_from_another_thread_wake_the_timer() {
+        let (events, mut rx) = Events::channel(false);
+        let t = StudyTracker::spawn(
+            Duration::from_millis(100),
+            extraction(Grouping::Flat),
+            events,
+            Default::default(),
+        );
+        // Idle long enough for the timer task to be waiting.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let from_thread = t.clone();
+        std::thread::spawn(move || {
+            from_thread.stored(record("9", "9.1", "9.1.1", Vec::new()));
+        })
+        .join()
+        .unwrap();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let done = studies(&mut rx);
+            if !done.is_empty() {
+                assert_eq!(done[0].study_instance_uid, "9");
+                return;
+            }
+        }
+        panic!("study never reported");
     }
 }

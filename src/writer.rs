@@ -8,6 +8,14 @@
 //! only the end of an object is a round trip, which also publishes it when
 //! the backend publishes with plain file operations.
 //!
+//! Over plain TCP, with such a backend, the end of an object is not even a
+//! round trip: the writer publishes it, sends the response on its own
+//! descriptor of the connection and reports the outcome (event, study
+//! record) itself; the association goes back to reading the socket at once
+//! and only waits for the writer before it writes to the connection itself.
+//! Each object then wakes the association's task once (its next request)
+//! and the writer once, instead of the task twice.
+//!
 //! The thread starts with the association's first object and ends when the
 //! association drops its handle; whatever was not finished then (an object
 //! cut off by an abort) is dropped with its spool file.
@@ -16,6 +24,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -58,26 +67,34 @@ impl SpoolPlace {
 }
 
 /// What the writer does once an object's last bytes are written.
-#[derive(Debug)]
 pub enum Then {
-    /// Publish it under this key (backends with a blocking publisher), then
-    /// send `answer` (the encoded success response) to the peer if the
-    /// writer has the connection.
-    Publish { key: ObjectKey, answer: Vec<u8> },
+    /// Publish it under this key (backends with a blocking publisher).
+    Publish { key: ObjectKey },
+    /// Publish it, answer the peer and report, all without the association
+    /// (see [`Writer::completes`]).
+    Complete(Box<dyn Completion>),
     /// Hand the complete spooled object back.
     Return,
+}
+
+/// An object the writer finishes on its own: the response to send for
+/// either outcome, and the report once it went out.
+pub trait Completion: Send {
+    fn key(&self) -> &ObjectKey;
+    /// The encoded response PDU for this outcome (`None`: nothing can be
+    /// sent, the connection is closed).
+    fn response(&self, outcome: &Result<Stored, WriteError>) -> Option<Vec<u8>>;
+    /// Counters, log lines, events: called after the response was sent.
+    fn conclude(self: Box<Self>, outcome: Result<Stored, WriteError>);
 }
 
 /// The result of finishing an object.
 #[derive(Debug)]
 pub enum Finished {
-    /// Published; the first `answered` bytes of the success response went
-    /// out (the association sends the rest).
-    Published {
-        stored: Stored,
-        answered: usize,
-    },
+    Published(Stored),
     Spooled(Spooled),
+    /// Handled by its [`Completion`].
+    Completed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,31 +128,45 @@ enum Job {
 pub struct Writer {
     tx: mpsc::Sender<Job>,
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
+    completes: bool,
 }
 
 impl Writer {
     /// Start a writer thread. With `peer` (a duplicate of a plain TCP
-    /// connection's descriptor) the writer sends the success response of an
-    /// object it publishes itself, right after publishing it: the sender
-    /// does not wait for the association's task to wake up and do it.
+    /// connection's descriptor, the peer given `send_timeout` to take each
+    /// response) and a backend that publishes with plain file operations,
+    /// the writer can complete objects by itself ([`Then::Complete`]).
     pub fn start(
         place: SpoolPlace,
         storage: Arc<dyn Storage>,
         peer: Option<OwnedFd>,
+        send_timeout: Option<Duration>,
     ) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let spare = Arc::new(Mutex::new(Vec::new()));
+        let completes = peer.is_some() && storage.blocking_publisher().is_some();
         let thread = WriterThread {
             place,
             storage,
             spare: spare.clone(),
             current: None,
             peer,
+            send_timeout,
         };
         std::thread::Builder::new()
             .name("dicom-storescp-writer".into())
             .spawn(move || thread.run(rx))?;
-        Ok(Writer { tx, spare })
+        Ok(Writer {
+            tx,
+            spare,
+            completes,
+        })
+    }
+
+    /// Whether [`Then::Complete`] is available: the writer holds the
+    /// connection and the backend publishes without the runtime.
+    pub fn completes(&self) -> bool {
+        self.completes
     }
 
     /// An empty buffer, reused when one is free.
@@ -168,7 +199,15 @@ impl Writer {
         tail: Vec<u8>,
         then: Then,
     ) -> Result<Finished, WriteError> {
-        let (reply, answer) = oneshot::channel();
+        let done = self.hand_over(seq, tail, then).await?;
+        done.await.map_err(|_| WriteError::Gone)?
+    }
+
+    /// Queue the end of object `seq` without waiting for it; the returned
+    /// receiver resolves once the writer is done with it (and with every
+    /// job before it).
+    pub async fn hand_over(&self, seq: u64, tail: Vec<u8>, then: Then) -> Result<Done, WriteError> {
+        let (reply, done) = oneshot::channel();
         self.tx
             .send(Job::Finish {
                 seq,
@@ -178,9 +217,12 @@ impl Writer {
             })
             .await
             .map_err(|_| WriteError::Gone)?;
-        answer.await.map_err(|_| WriteError::Gone)?
+        Ok(done)
     }
 }
+
+/// Resolves when a finish job is done.
+pub type Done = oneshot::Receiver<Result<Finished, WriteError>>;
 
 /// The object being written, or why it cannot be.
 struct Current {
@@ -195,12 +237,14 @@ struct WriterThread {
     current: Option<Current>,
     /// The association's connection (its own descriptor), when plain TCP.
     peer: Option<OwnedFd>,
+    /// How long the peer may take to accept a response.
+    send_timeout: Option<Duration>,
 }
 
-/// Send what the socket takes now of `bytes` without blocking (the socket
-/// is non-blocking); returns how many bytes went out. Errors are left to the
-/// association, which sends the rest and meets them itself.
-fn send_now(peer: &OwnedFd, bytes: &[u8]) -> usize {
+/// Send all of `bytes` on the (non-blocking) socket, waiting up to
+/// `timeout` each time it is full. False if the peer did not take it all.
+fn send_all(peer: &OwnedFd, bytes: &[u8], timeout: Option<Duration>) -> bool {
+    let wait_ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
     let mut sent = 0;
     while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
         // SAFETY: the descriptor is owned and open for the call; the buffer
@@ -214,17 +258,28 @@ fn send_now(peer: &OwnedFd, bytes: &[u8]) -> usize {
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             )
         };
-        match usize::try_from(n) {
-            Ok(n) if n > 0 => sent += n,
-            _ => {
-                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
+        if let Ok(n) = usize::try_from(n) {
+            sent += n;
+            continue;
+        }
+        match io::Error::last_os_error().kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {
+                let mut poll = libc::pollfd {
+                    fd: peer.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call.
+                let ready = unsafe { libc::poll(&mut poll, 1, wait_ms) };
+                if ready <= 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    return false;
                 }
-                break;
             }
+            _ => return false,
         }
     }
-    sent
+    true
 }
 
 impl WriterThread {
@@ -281,8 +336,9 @@ impl WriterThread {
         }
     }
 
-    fn finish(&mut self, seq: u64, tail: Vec<u8>, then: Then) -> Result<Finished, WriteError> {
-        let object = match self.current.take() {
+    /// The complete object `seq`, with `tail` as its last bytes.
+    fn take_object(&mut self, seq: u64, tail: Vec<u8>) -> Result<Spooled, WriteError> {
+        Ok(match self.current.take() {
             Some(Current { seq: s, file }) if s == seq => {
                 let mut file = file?;
                 file.file.write_all(&tail)?;
@@ -291,20 +347,43 @@ impl WriterThread {
                 Spooled::File(file)
             }
             _ => Spooled::Memory(tail),
-        };
+        })
+    }
+
+    fn publish(&self, object: Spooled, key: &ObjectKey) -> Result<Stored, WriteError> {
+        match self.storage.blocking_publisher() {
+            Some(publisher) => Ok(publisher.publish(object, key)?),
+            None => Err(WriteError::Storage(StorageError::Task(
+                "the backend cannot publish from the writer".into(),
+            ))),
+        }
+    }
+
+    fn finish(&mut self, seq: u64, tail: Vec<u8>, then: Then) -> Result<Finished, WriteError> {
+        let object = self.take_object(seq, tail);
         match then {
-            Then::Return => Ok(Finished::Spooled(object)),
-            Then::Publish { key, answer } => match self.storage.blocking_publisher() {
-                Some(publisher) => {
-                    let stored = publisher.publish(object, &key)?;
-                    let answered = match &self.peer {
-                        Some(peer) => send_now(peer, &answer),
-                        None => 0,
-                    };
-                    Ok(Finished::Published { stored, answered })
+            Then::Return => Ok(Finished::Spooled(object?)),
+            Then::Publish { key } if self.storage.blocking_publisher().is_some() => {
+                Ok(Finished::Published(self.publish(object?, &key)?))
+            }
+            Then::Publish { .. } => Ok(Finished::Spooled(object?)),
+            Then::Complete(completion) => {
+                let outcome = object.and_then(|o| self.publish(o, completion.key()));
+                let answered = match (completion.response(&outcome), &self.peer) {
+                    (Some(bytes), Some(peer)) => send_all(peer, &bytes, self.send_timeout),
+                    _ => false,
+                };
+                if !answered {
+                    // The peer is gone or stuck: end the association (its
+                    // task sees the connection fail), the outcome stands.
+                    if let Some(peer) = &self.peer {
+                        // SAFETY: shutting down an owned, open socket.
+                        unsafe { libc::shutdown(peer.as_raw_fd(), libc::SHUT_RDWR) };
+                    }
                 }
-                None => Ok(Finished::Spooled(object)),
-            },
+                completion.conclude(outcome);
+                Ok(Finished::Completed)
+            }
         }
     }
 }
@@ -314,9 +393,36 @@ mod tests {
     use super::*;
     use crate::storage::fs::FilesystemStorage;
     use std::io::Read;
+    use std::sync::mpsc as std_mpsc;
+
+    /// Answers `OK`/`NO` and reports the outcome on a channel.
+    struct Probe {
+        key: ObjectKey,
+        told: std_mpsc::Sender<Result<Stored, String>>,
+    }
+
+    impl Completion for Probe {
+        fn key(&self) -> &ObjectKey {
+            &self.key
+        }
+        fn response(&self, outcome: &Result<Stored, WriteError>) -> Option<Vec<u8>> {
+            Some(if outcome.is_ok() { b"OK" } else { b"NO" }.to_vec())
+        }
+        fn conclude(self: Box<Self>, outcome: Result<Stored, WriteError>) {
+            let _ = self.told.send(outcome.map_err(|e| e.to_string()));
+        }
+    }
+
+    fn key(sop: &str) -> ObjectKey {
+        ObjectKey {
+            study_instance_uid: "1.2".into(),
+            series_instance_uid: "1.2.3".into(),
+            sop_instance_uid: sop.into(),
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn publishes_then_answers_the_peer_itself() {
+    async fn completes_objects_on_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let storage = FilesystemStorage::new(dir.path()).unwrap();
         let place = SpoolPlace {
@@ -324,42 +430,70 @@ mod tests {
             anonymous: storage.anonymous_spool(),
         };
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let writer = Writer::start(place, Arc::new(storage), Some(OwnedFd::from(ours))).unwrap();
-        let key = ObjectKey {
-            study_instance_uid: "1.2".into(),
-            series_instance_uid: "1.2.3".into(),
-            sop_instance_uid: "1.2.3.4".into(),
-        };
+        ours.set_nonblocking(true).unwrap();
+        let writer = Writer::start(
+            place,
+            Arc::new(storage),
+            Some(OwnedFd::from(ours)),
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap();
+        assert!(writer.completes());
+        let (told, reports) = std_mpsc::channel();
+
+        // written in pieces, then published, answered and reported
         let mut first = writer.buffer();
         first.extend_from_slice(&[7u8; 200_000]);
         writer.piece(1, first).await.unwrap();
-        let then = Then::Publish {
-            key,
-            answer: b"ANSWER".to_vec(),
+        let probe = Probe {
+            key: key("1.2.3.4"),
+            told: told.clone(),
         };
-        let finished = writer.finish(1, b"tail".to_vec(), then).await.unwrap();
-        let Finished::Published { stored, answered } = finished else {
-            panic!("not published");
-        };
-        assert_eq!(answered, 6);
-        let mut got = [0u8; 6];
+        let done = writer
+            .hand_over(1, b"tail".to_vec(), Then::Complete(Box::new(probe)))
+            .await
+            .unwrap();
+        assert!(matches!(done.await, Ok(Ok(Finished::Completed))));
+        let mut got = [0u8; 2];
         theirs.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"ANSWER");
+        assert_eq!(&got, b"OK");
+        let stored = reports.recv().unwrap().unwrap();
         let data = std::fs::read(&stored.location).unwrap();
         assert_eq!(data.len(), 200_004);
         assert!(data.ends_with(b"tail"));
 
-        // a peer that is gone: nothing sent, no signal, the store stands
-        drop(theirs);
-        let then = Then::Publish {
-            key: ObjectKey {
-                study_instance_uid: "1.2".into(),
-                series_instance_uid: "1.2.3".into(),
-                sop_instance_uid: "1.2.3.5".into(),
-            },
-            answer: b"ANSWER".to_vec(),
+        // an object that cannot be published (the output folder became a
+        // file): the failure is answered and reported
+        let mut piece = writer.buffer();
+        piece.extend_from_slice(&[1u8; 1000]);
+        writer.piece(2, piece).await.unwrap();
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path(), b"not a folder").unwrap();
+        let probe = Probe {
+            key: key("1.2.3.5"),
+            told: told.clone(),
         };
-        let finished = writer.finish(2, b"small".to_vec(), then).await.unwrap();
-        assert!(matches!(finished, Finished::Published { answered: 0, .. }));
+        let done = writer
+            .hand_over(2, b"x".to_vec(), Then::Complete(Box::new(probe)))
+            .await
+            .unwrap();
+        assert!(done.await.is_ok());
+        theirs.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"NO");
+        assert!(reports.recv().unwrap().is_err());
+
+        // a peer that is gone: reported all the same, no signal
+        drop(theirs);
+        let probe = Probe {
+            key: key("1.2.3.6"),
+            told,
+        };
+        let done = writer
+            .hand_over(3, b"small".to_vec(), Then::Complete(Box::new(probe)))
+            .await
+            .unwrap();
+        assert!(done.await.is_ok());
+        assert!(reports.recv().is_ok());
+        std::fs::remove_file(dir.path()).unwrap();
     }
 }

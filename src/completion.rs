@@ -1,0 +1,223 @@
+//! What follows an object's fate: the response to the sender, counters, log
+//! lines, the `OnFileStored` or `OnError` event and the study tracker's
+//! record. The association's task runs it, or, when the writer finishes an
+//! object on its own (see `writer.rs`), the writer thread does.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::association::ServerContext;
+use crate::dimse::{self, status};
+use crate::events::{target, ErrorInfo, Event, FileStored, Level};
+use crate::header::{self, Header};
+use crate::pdu;
+use crate::receive::{StoreFailure, StoreOutcome};
+use crate::storage::{ObjectKey, Stored};
+use crate::study::InstanceRecord;
+use crate::writer::{Completion, WriteError};
+
+/// What an association knows of itself, shared by its reports.
+pub struct AssociationInfo {
+    pub ctx: Arc<ServerContext>,
+    pub peer: String,
+    pub calling_ae_title: String,
+    /// Objects stored on this association so far.
+    pub stored: AtomicU64,
+}
+
+impl AssociationInfo {
+    pub fn error_info(&self, message: String, sop: Option<&str>, status: Option<u16>) -> ErrorInfo {
+        ErrorInfo {
+            message,
+            sop_instance_uid: sop.map(str::to_string),
+            calling_ae_title: Some(self.calling_ae_title.clone()),
+            peer: Some(self.peer.clone()),
+            status,
+        }
+    }
+}
+
+/// One C-STORE request, from the moment its data set is complete.
+#[derive(Clone)]
+pub struct StoreReport {
+    pub association: Arc<AssociationInfo>,
+    pub context_id: u8,
+    pub transfer_syntax: String,
+    pub message_id: u16,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+}
+
+/// The event and study record of a concluded store, to be delivered.
+pub struct Concluded {
+    association: Arc<AssociationInfo>,
+    event: Event,
+    record: Option<InstanceRecord>,
+}
+
+impl StoreReport {
+    fn response(&self, status: u16, comment: Option<&str>) -> Option<Vec<u8>> {
+        let command = dimse::store_response(
+            self.message_id,
+            &self.sop_class_uid,
+            &self.sop_instance_uid,
+            status,
+            comment,
+        );
+        pdu::encode_pdata(self.context_id, true, command).ok()
+    }
+
+    /// The encoded response PDU for an outcome (`None` if it cannot be
+    /// encoded, which a well-formed request never causes).
+    pub fn response_for(&self, outcome: &Result<StoreOutcome, StoreFailure>) -> Option<Vec<u8>> {
+        match outcome {
+            Ok(_) => self.response(status::SUCCESS, None),
+            Err(f) => self.response(f.status, Some(f.message.as_str())),
+        }
+    }
+
+    /// Count and log the outcome and make its event and study record.
+    pub fn conclude(self, outcome: Result<StoreOutcome, StoreFailure>) -> Concluded {
+        let a = &*self.association;
+        let ctx = &a.ctx;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(f) => {
+                crate::stats::bump(&ctx.stats.objects_failed);
+                let info = a.error_info(f.message, Some(&self.sop_instance_uid), Some(f.status));
+                return Concluded {
+                    event: ctx.events.error_event(info),
+                    record: None,
+                    association: self.association,
+                };
+            }
+        };
+        a.stored.fetch_add(1, Ordering::Relaxed);
+        crate::stats::bump(&ctx.stats.objects_stored);
+        ctx.stats
+            .bytes_stored
+            .fetch_add(outcome.stored.size, Ordering::Relaxed);
+        let StoreOutcome {
+            stored,
+            header,
+            key,
+        } = outcome;
+        ctx.events.log_to(target::STORAGE, Level::Info, || {
+            format!(
+                "stored {} ({} bytes) from {}",
+                stored.uri, stored.size, a.peer
+            )
+        });
+        for warning in &header.warnings {
+            ctx.events.log_to(target::TAGS, Level::Warning, || {
+                format!("{} from {}: {warning}", key.sop_instance_uid, a.peer)
+            });
+        }
+        let extracted = ctx.extraction.extract(&header);
+        let sop_class_uid = header
+            .get(header::SOP_CLASS_UID)
+            .map(str::to_string)
+            .unwrap_or(self.sop_class_uid);
+        let file_stored = FileStored {
+            file: stored.location.clone(),
+            uri: stored.uri.clone(),
+            sop_instance_uid: key.sop_instance_uid.clone(),
+            sop_class_uid: sop_class_uid.clone(),
+            transfer_syntax_uid: self.transfer_syntax.clone(),
+            study_instance_uid: key.study_instance_uid.clone(),
+            series_instance_uid: key.series_instance_uid.clone(),
+            calling_ae_title: a.calling_ae_title.clone(),
+            peer: a.peer.clone(),
+            size: stored.size,
+            tags: ctx.extraction.file_tags(&extracted),
+        };
+        let record = InstanceRecord {
+            study_instance_uid: key.study_instance_uid.into(),
+            series_instance_uid: key.series_instance_uid.into(),
+            sop_instance_uid: key.sop_instance_uid.into(),
+            sop_class_uid: sop_class_uid.into(),
+            transfer_syntax_uid: self.transfer_syntax.into(),
+            file: stored.location.into(),
+            uri: stored.uri.into(),
+            tags: extracted,
+        };
+        Concluded {
+            event: Event::FileStored(Box::new(file_stored)),
+            record: Some(record),
+            association: self.association,
+        }
+    }
+
+    /// The report the writer runs when it finishes the object on its own.
+    pub fn for_writer(self, header: Header, key: ObjectKey) -> Box<dyn Completion> {
+        Box::new(WriterCompletion {
+            report: self,
+            header,
+            key,
+        })
+    }
+}
+
+impl Concluded {
+    /// Deliver from the runtime (waits while the event queue is full).
+    pub async fn deliver(self) {
+        let ctx = &self.association.ctx;
+        ctx.events.emit(self.event).await;
+        if let Some(record) = self.record {
+            ctx.studies.stored(record);
+        }
+    }
+
+    /// Deliver from a thread outside the runtime (blocks while the event
+    /// queue is full: backpressure on that association only).
+    pub fn deliver_blocking(self) {
+        let ctx = &self.association.ctx;
+        ctx.events.emit_blocking(self.event);
+        if let Some(record) = self.record {
+            ctx.studies.stored(record);
+        }
+    }
+}
+
+struct WriterCompletion {
+    report: StoreReport,
+    header: Header,
+    key: ObjectKey,
+}
+
+fn failure(e: &WriteError) -> StoreFailure {
+    StoreFailure::resources(e)
+}
+
+impl Completion for WriterCompletion {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+
+    fn response(&self, outcome: &Result<Stored, WriteError>) -> Option<Vec<u8>> {
+        match outcome {
+            Ok(_) => self.report.response(status::SUCCESS, None),
+            Err(e) => {
+                let f = failure(e);
+                self.report.response(f.status, Some(f.message.as_str()))
+            }
+        }
+    }
+
+    fn conclude(self: Box<Self>, outcome: Result<Stored, WriteError>) {
+        let WriterCompletion {
+            report,
+            header,
+            key,
+        } = *self;
+        let outcome = match outcome {
+            Ok(stored) => Ok(StoreOutcome {
+                stored,
+                header,
+                key,
+            }),
+            Err(e) => Err(failure(&e)),
+        };
+        report.conclude(outcome).deliver_blocking();
+    }
+}
