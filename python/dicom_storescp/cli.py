@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional, TextIO, cast
 
 from . import __version__
 from ._scp import EVENT_NAMES, StoreScp
@@ -558,40 +558,39 @@ def _report_periodically(scp: StoreScp, interval: float, done: threading.Event) 
         previous = current
 
 
+def _say(line: str, stream: Optional[TextIO] = None) -> None:
+    """Write one whole line and flush it: a single write, even unbuffered."""
+    out = stream if stream is not None else sys.stdout
+    out.write(line + "\n")
+    out.flush()
+
+
 def _emit(args: argparse.Namespace, name: str, event: Any) -> None:
     if args.json:
-        line = json.dumps({"event": name, **event})
-        print(line, flush=True)
+        _say(json.dumps({"event": name, **event}))
     elif name == "OnFileStored":
         where = event["uri"] if event["uri"].startswith("s3://") else event["file"]
-        print(
+        _say(
             f"stored {where} ({event['size']} bytes) from "
-            f"{event['calling_ae_title']} {event['peer']}",
-            flush=True,
+            f"{event['calling_ae_title']} {event['peer']}"
         )
     elif name == "OnStudyCompleted":
         series = event["series"]
         count = sum(len(s["instances"]) for s in series)
-        print(
+        _say(
             f"study {event['study_instance_uid']} completed: {len(series)} series, "
-            f"{count} instance(s)",
-            flush=True,
+            f"{count} instance(s)"
         )
     elif name == "OnError":
-        print(f"error: {event['message']}", file=sys.stderr, flush=True)
+        _say(f"error: {event['message']}", sys.stderr)
     elif name == "OnAssociationRejected":
-        print(
+        _say(
             f"rejected association from {event['calling_ae_title']} at {event['peer']}: "
             f"{event['reason']}",
-            file=sys.stderr,
-            flush=True,
+            sys.stderr,
         )
     elif name == "OnServerStarted":
-        print(
-            f"listening on {event['host']}:{event['port']} as {event['ae_title']}",
-            file=sys.stderr,
-            flush=True,
-        )
+        _say(f"listening on {event['host']}:{event['port']} as {event['ae_title']}", sys.stderr)
 
 
 def _printer(args: argparse.Namespace, name: str) -> Callable[[Any], None]:
