@@ -61,6 +61,7 @@ impl Server {
     pub fn start(config: ServerConfig, events: Events) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         let tls = config.tls().map_err(StartError::Config)?;
+        crate::memory::limit_arenas();
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
