@@ -324,25 +324,21 @@ impl Checked {
 
     /// Let the writer finish the object by itself: `completion` makes, from
     /// the header and key, what it answers and reports. The returned
-    /// [`Done`] resolves once it has.
+    /// [`Done`] resolves once it has. Refused (nothing is lost: the object
+    /// is dropped with a failure) unless [`Checked::can_hand_over`].
     pub async fn hand_over(
         self,
         completion: impl FnOnce(Header, ObjectKey) -> Box<dyn Completion>,
     ) -> Result<Done, StoreFailure> {
-        let Checked {
-            header,
-            key,
-            writer,
-            seq,
-            progress,
-        } = self;
-        let tail = match progress {
-            Progress::Open(tail) => tail,
-            Progress::Spooled(_) => Vec::new(),
+        let can = self.can_hand_over();
+        let (Progress::Open(tail), true) = (self.progress, can) else {
+            return Err(StoreFailure::resources(
+                "the writer cannot finish this object",
+            ));
         };
-        let then = Then::Complete(completion(header, key));
-        writer
-            .hand_over(seq, tail, then)
+        let then = Then::Complete(completion(self.header, self.key));
+        self.writer
+            .hand_over(self.seq, tail, then)
             .await
             .map_err(StoreFailure::resources)
     }

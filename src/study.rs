@@ -93,25 +93,29 @@ struct State {
 
 struct PendingSeries {
     uid: Box<str>,
-    instances: Vec<InstanceRecord>,
+    /// In arrival order; `None` where an instance was re-sent later.
+    instances: Vec<Option<InstanceRecord>>,
 }
 
 struct Pending {
     key: (Instant, u64),
     series: Vec<PendingSeries>,
-    /// SOP Instance UID → series index, to replace a re-sent instance.
-    index: HashMap<Arc<str>, usize>,
+    /// SOP Instance UID → (series index, position), to replace a re-sent
+    /// instance in constant time.
+    index: HashMap<Arc<str>, (usize, usize)>,
 }
 
 impl Pending {
     fn add(&mut self, record: InstanceRecord) {
-        if let Some(&si) = self.index.get(&record.sop_instance_uid) {
+        if let Some(&(si, pos)) = self.index.get(&record.sop_instance_uid) {
             // Re-sent (the file was replaced): drop the earlier record. A
             // series left empty stays in place and is skipped when reported.
-            if let Some(series) = self.series.get_mut(si) {
-                series
-                    .instances
-                    .retain(|r| r.sop_instance_uid != record.sop_instance_uid);
+            if let Some(slot) = self
+                .series
+                .get_mut(si)
+                .and_then(|s| s.instances.get_mut(pos))
+            {
+                *slot = None;
             }
         }
         let si = match self
@@ -128,9 +132,12 @@ impl Pending {
                 self.series.len() - 1
             }
         };
-        self.index.insert(record.sop_instance_uid.clone(), si);
         if let Some(series) = self.series.get_mut(si) {
-            series.instances.push(record);
+            self.index.insert(
+                record.sop_instance_uid.clone(),
+                (si, series.instances.len()),
+            );
+            series.instances.push(Some(record));
         }
     }
 }
@@ -323,10 +330,20 @@ pub fn build_parts(
     (study, series_tags, instance_tags)
 }
 
+/// A series of a study being reported: the instances still current.
+struct KeptSeries {
+    uid: Box<str>,
+    instances: Vec<InstanceRecord>,
+}
+
 fn build(study: &str, pending: Pending, ex: &Extraction) -> StudyCompleted {
-    let kept: Vec<&PendingSeries> = pending
+    let kept: Vec<KeptSeries> = pending
         .series
-        .iter()
+        .into_iter()
+        .map(|s| KeptSeries {
+            uid: s.uid,
+            instances: s.instances.into_iter().flatten().collect(),
+        })
         .filter(|s| !s.instances.is_empty())
         .collect();
     let records: Vec<(&str, &[InstanceRecord])> = kept
@@ -507,5 +524,27 @@ mod tests {
             }
         }
         panic!("study never reported");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_re_sent_instance_is_reported_once_where_it_last_came() {
+        let (events, mut rx) = Events::channel(false);
+        let t = StudyTracker::spawn(
+            Duration::from_secs(1),
+            extraction(Grouping::Flat),
+            events,
+            Default::default(),
+        );
+        for sop in ["1.1.1", "1.1.2", "1.1.3", "1.1.2", "1.1.2"] {
+            t.stored(record("1", "1.1", sop, Vec::new()));
+        }
+        t.flush().await;
+        let done = studies(&mut rx);
+        let sops: Vec<&str> = done[0].series[0]
+            .instances
+            .iter()
+            .map(|i| i.sop_instance_uid.as_str())
+            .collect();
+        assert_eq!(sops, ["1.1.1", "1.1.3", "1.1.2"]);
     }
 }
