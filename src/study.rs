@@ -420,15 +420,16 @@ mod tests {
         Arc::new(Extraction::new(&reqs, grouping, &[]).unwrap())
     }
 
+    /// A tracker on the current runtime, and its event queue.
+    fn tracker(timeout: Duration, grouping: Grouping) -> (StudyTracker, EventReceiver) {
+        let (events, rx) = Events::channel(false);
+        let t = StudyTracker::spawn(timeout, extraction(grouping), events, Default::default());
+        (t, rx)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn every_instance_resets_the_timer() {
-        let (events, mut rx) = Events::channel(false);
-        let t = StudyTracker::spawn(
-            Duration::from_secs(10),
-            extraction(Grouping::ByScope),
-            events,
-            Default::default(),
-        );
+        let (t, mut rx) = tracker(Duration::from_secs(10), Grouping::ByScope);
         let tags =
             |n: &str| -> Extracted { vec![(0, "DOE".into()), (1, "CT".into()), (2, n.into())] };
         t.stored(record("1.1", "1.1.1", "1.1.1.1", tags("1")));
@@ -479,13 +480,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn flat_puts_everything_on_instances() {
-        let (events, mut rx) = Events::channel(false);
-        let t = StudyTracker::spawn(
-            Duration::from_secs(1),
-            extraction(Grouping::Flat),
-            events,
-            Default::default(),
-        );
+        let (t, mut rx) = tracker(Duration::from_secs(1), Grouping::Flat);
         t.stored(record(
             "1",
             "1.1",
@@ -500,13 +495,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_from_another_thread_wake_the_timer() {
-        let (events, mut rx) = Events::channel(false);
-        let t = StudyTracker::spawn(
-            Duration::from_millis(100),
-            extraction(Grouping::Flat),
-            events,
-            Default::default(),
-        );
+        let (t, mut rx) = tracker(Duration::from_millis(100), Grouping::Flat);
         // Idle long enough for the timer task to be waiting.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let from_thread = t.clone();
@@ -528,13 +517,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_re_sent_instance_is_reported_once_where_it_last_came() {
-        let (events, mut rx) = Events::channel(false);
-        let t = StudyTracker::spawn(
-            Duration::from_secs(1),
-            extraction(Grouping::Flat),
-            events,
-            Default::default(),
-        );
+        let (t, mut rx) = tracker(Duration::from_secs(1), Grouping::Flat);
         for sop in ["1.1.1", "1.1.2", "1.1.3", "1.1.2", "1.1.2"] {
             t.stored(record("1", "1.1", sop, Vec::new()));
         }

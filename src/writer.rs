@@ -421,6 +421,24 @@ mod tests {
         }
     }
 
+    /// Hand object `seq` over with `tail` and a probe for `sop`.
+    async fn complete(
+        writer: &Writer,
+        seq: u64,
+        tail: &[u8],
+        sop: &str,
+        told: &std_mpsc::Sender<Result<Stored, String>>,
+    ) -> Done {
+        let probe = Probe {
+            key: key(sop),
+            told: told.clone(),
+        };
+        writer
+            .hand_over(seq, tail.to_vec(), Then::Complete(Box::new(probe)))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn completes_objects_on_its_own() {
         let dir = tempfile::tempdir().unwrap();
@@ -445,14 +463,7 @@ mod tests {
         let mut first = writer.buffer();
         first.extend_from_slice(&[7u8; 200_000]);
         writer.piece(1, first).await.unwrap();
-        let probe = Probe {
-            key: key("1.2.3.4"),
-            told: told.clone(),
-        };
-        let done = writer
-            .hand_over(1, b"tail".to_vec(), Then::Complete(Box::new(probe)))
-            .await
-            .unwrap();
+        let done = complete(&writer, 1, b"tail", "1.2.3.4", &told).await;
         assert!(matches!(done.await, Ok(Ok(Finished::Completed))));
         let mut got = [0u8; 2];
         theirs.read_exact(&mut got).unwrap();
@@ -469,14 +480,7 @@ mod tests {
         writer.piece(2, piece).await.unwrap();
         std::fs::remove_dir_all(dir.path()).unwrap();
         std::fs::write(dir.path(), b"not a folder").unwrap();
-        let probe = Probe {
-            key: key("1.2.3.5"),
-            told: told.clone(),
-        };
-        let done = writer
-            .hand_over(2, b"x".to_vec(), Then::Complete(Box::new(probe)))
-            .await
-            .unwrap();
+        let done = complete(&writer, 2, b"x", "1.2.3.5", &told).await;
         assert!(done.await.is_ok());
         theirs.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"NO");
@@ -484,14 +488,7 @@ mod tests {
 
         // a peer that is gone: reported all the same, no signal
         drop(theirs);
-        let probe = Probe {
-            key: key("1.2.3.6"),
-            told,
-        };
-        let done = writer
-            .hand_over(3, b"small".to_vec(), Then::Complete(Box::new(probe)))
-            .await
-            .unwrap();
+        let done = complete(&writer, 3, b"small", "1.2.3.6", &told).await;
         assert!(done.await.is_ok());
         assert!(reports.recv().is_ok());
         std::fs::remove_file(dir.path()).unwrap();
