@@ -62,11 +62,16 @@ def test_every_storescp_option_has_a_flag_and_a_config_key() -> None:
         assert dest == "" or dest in dests, key
 
 
-def test_help_is_grouped_and_documents_the_exit_codes() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dicom_storescp", "--help"],
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command line to its end (no stdin), capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "dicom_storescp", *args],
         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def test_help_is_grouped_and_documents_the_exit_codes() -> None:
+    proc = _run_cli("--help")
     assert proc.returncode == 0
     text = proc.stdout
     headings = ["network:", "TLS", "negotiation:", "storage:", "S3 storage:", "output:"]
@@ -82,10 +87,7 @@ def test_help_is_grouped_and_documents_the_exit_codes() -> None:
 def test_version() -> None:
     from dicom_storescp import __version__
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "dicom_storescp", "--version"],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = _run_cli("--version")
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"dicom-storescp {__version__}"
     assert __version__.count(".") == 2
