@@ -26,7 +26,7 @@ use crate::receive::{self, Incoming};
 use crate::storage::{is_valid_uid, Storage};
 use crate::study::StudyTracker;
 use crate::tags::Extraction;
-use crate::writer::{Done, SpoolPlace, Writer};
+use crate::writer::{Done, Placement, SpoolPlace, Writer};
 
 /// Everything an association needs from its server.
 pub struct ServerContext {
@@ -135,13 +135,12 @@ struct Session {
     command_context: Option<u8>,
     receiving: Option<Receiving>,
     discarding: Option<Discarding>,
-    /// The association's writer thread, started with its first object.
+    /// The association's writer, started with its first object.
     writer: Option<Writer>,
     /// The last object handed to the writer to finish on its own: waited
     /// for before the task writes to the connection or reports anything.
     settling: Option<Done>,
-    /// The connection's descriptor for the writer (plain TCP only).
-    answer_fd: Option<std::os::fd::OwnedFd>,
+    writer_setup: WriterSetup,
     /// Objects begun on this association.
     objects: u64,
 }
@@ -199,16 +198,30 @@ async fn abort_and_close<S: Stream>(io: &mut Io<S>, reason: AbortRQServiceProvid
 }
 
 /// Serve one association over plain TCP to its end; the association's
-/// writer gets its own descriptor of the connection to answer stores.
+/// writer gets its own descriptor of the connection to answer stores, and
+/// writes where `placement` says.
 pub async fn serve_tcp(
     stream: tokio::net::TcpStream,
     peer: String,
     ctx: Arc<ServerContext>,
     shutdown: watch::Receiver<bool>,
+    placement: Placement,
 ) {
     use std::os::fd::AsFd;
-    let answer_fd = stream.as_fd().try_clone_to_owned().ok();
-    serve_with(stream, peer, ctx, shutdown, answer_fd).await
+    let reader = match stream.as_fd().try_clone_to_owned() {
+        Ok(fd) => PduReader::with_low_water(fd),
+        Err(_) => PduReader::default(),
+    };
+    // An inline writer answers through the task like everything else.
+    let answer_fd = match placement {
+        Placement::OwnThread => stream.as_fd().try_clone_to_owned().ok(),
+        Placement::Inline => None,
+    };
+    let writer = WriterSetup {
+        answer_fd,
+        placement,
+    };
+    serve_with(stream, reader, peer, ctx, shutdown, writer).await
 }
 
 /// Serve one association to its end.
@@ -218,18 +231,30 @@ pub async fn serve<S: Stream>(
     ctx: Arc<ServerContext>,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve_with(stream, peer, ctx, shutdown, None).await
+    let writer = WriterSetup {
+        answer_fd: None,
+        placement: Placement::OwnThread,
+    };
+    serve_with(stream, PduReader::default(), peer, ctx, shutdown, writer).await
+}
+
+/// How the association's writer is started.
+struct WriterSetup {
+    /// A descriptor of the connection for the writer to answer stores on
+    /// (plain TCP, writer on its own thread); taken when the writer starts.
+    answer_fd: Option<std::os::fd::OwnedFd>,
+    placement: Placement,
 }
 
 async fn serve_with<S: Stream>(
     stream: S,
+    mut reader: PduReader,
     peer: String,
     ctx: Arc<ServerContext>,
     mut shutdown: watch::Receiver<bool>,
-    answer_fd: Option<std::os::fd::OwnedFd>,
+    writer_setup: WriterSetup,
 ) {
     let mut io = stream;
-    let mut reader = PduReader::default();
     let events = ctx.events.clone();
 
     // A-ASSOCIATE-RQ within the ACSE timeout.
@@ -342,7 +367,7 @@ async fn serve_with<S: Stream>(
         discarding: None,
         writer: None,
         settling: None,
-        answer_fd,
+        writer_setup,
         objects: 0,
     };
     let end = session.run(&mut io, &mut reader, &mut shutdown).await;
@@ -461,8 +486,9 @@ impl Session {
         let w = Writer::start(
             place,
             self.ctx.storage.clone(),
-            self.answer_fd.take(),
+            self.writer_setup.answer_fd.take(),
             self.ctx.config.dimse_timeout,
+            self.writer_setup.placement,
         )?;
         self.writer = Some(w.clone());
         Ok(w)

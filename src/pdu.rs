@@ -62,6 +62,17 @@ impl RawPdu<'_> {
     }
 }
 
+/// Bytes of a P-DATA-TF that say what its first value is: the PDU header,
+/// the item length, the context ID and the control byte.
+const P_DATA_HEAD: usize = HEADER_LEN + 6;
+
+/// Smallest PDU a peer may send at any point (A-ABORT, A-RELEASE-RQ).
+const MIN_PDU: usize = 10;
+
+/// Highest receive low-water mark set: well under the default receive buffer
+/// (128 KiB), so the kernel never has to grow the buffer for it.
+const MAX_LOW_WATER: usize = 64 * 1024;
+
 /// Reads PDUs one at a time. The reader does its own buffering: each read
 /// asks the socket for as much as fits, and a PDU that arrived whole is
 /// handed out in place, without another copy.
@@ -72,6 +83,43 @@ pub struct PduReader {
     end: usize,
     /// Length of the PDU handed out last, dropped at the next read.
     handed_out: usize,
+    /// Bytes the peer must still send after the PDU handed out last (a
+    /// fragment that is not the last one announces another P-DATA-TF).
+    follows: usize,
+    low_water: Option<LowWater>,
+}
+
+/// The connection's receive low-water mark (`SO_RCVLOWAT`), kept at the
+/// number of bytes the peer is bound to send before it waits for us. The
+/// kernel then wakes the reader once per PDU instead of once per segment
+/// (senders such as dcmtk write a PDU's header and its body separately).
+struct LowWater {
+    fd: std::os::fd::OwnedFd,
+    set: usize,
+}
+
+impl LowWater {
+    fn wake_at(&mut self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        let bytes = bytes.clamp(1, MAX_LOW_WATER);
+        if bytes == self.set {
+            return;
+        }
+        let value = libc::c_int::try_from(bytes).unwrap_or(1);
+        // SAFETY: the descriptor is open for the lifetime of `self.fd`, and
+        // the option value is a c_int that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // On failure the mark stays where it was; 0 makes the next call retry.
+        self.set = if rc == 0 { bytes } else { 0 };
+    }
 }
 
 impl Default for PduReader {
@@ -81,11 +129,55 @@ impl Default for PduReader {
             start: 0,
             end: 0,
             handed_out: 0,
+            follows: 0,
+            low_water: None,
         }
     }
 }
 
 impl PduReader {
+    /// A reader that keeps the receive low-water mark of the TCP connection
+    /// behind `fd` (a descriptor of the stream it reads) at what the peer
+    /// is bound to send next.
+    pub fn with_low_water(fd: std::os::fd::OwnedFd) -> Self {
+        PduReader {
+            low_water: Some(LowWater { fd, set: 1 }),
+            ..PduReader::default()
+        }
+    }
+
+    /// Let the kernel wake the reader only once `needed` unread bytes are in.
+    fn wake_at(&mut self, needed: usize) {
+        let available = self.available();
+        if let Some(lw) = self.low_water.as_mut() {
+            lw.wake_at(needed.saturating_sub(available));
+        }
+    }
+
+    /// Bytes that must follow the PDU of `total` bytes at the start of the
+    /// buffer: after a P-DATA-TF whose only value is a fragment other than
+    /// the last, the peer sends another PDU (the next fragment, or at least
+    /// an A-ABORT).
+    fn following(&self, pdu_type: u8, total: usize) -> usize {
+        if pdu_type != P_DATA_TF {
+            return 0;
+        }
+        let Some(&[_, _, _, _, _, _, i0, i1, i2, i3, _, control]) = self
+            .buf
+            .get(self.start..self.end)
+            .and_then(|b| b.first_chunk::<P_DATA_HEAD>())
+        else {
+            return 0;
+        };
+        let item = u32::from_be_bytes([i0, i1, i2, i3]) as usize;
+        let single = item.checked_add(P_DATA_HEAD - 2) == Some(total);
+        if single && control & 0x02 == 0 {
+            MIN_PDU
+        } else {
+            0
+        }
+    }
+
     fn available(&self) -> usize {
         self.end - self.start
     }
@@ -129,7 +221,9 @@ impl PduReader {
             self.start = 0;
             self.end = 0;
         }
+        let follows = std::mem::take(&mut self.follows);
         while self.available() < HEADER_LEN {
+            self.wake_at(follows.max(HEADER_LEN));
             self.fill(stream, HEADER_LEN).await?;
         }
         let header = self
@@ -144,8 +238,10 @@ impl PduReader {
         }
         let total = HEADER_LEN + length as usize;
         while self.available() < total {
+            self.wake_at(total + self.following(pdu_type, total));
             self.fill(stream, total).await?;
         }
+        self.follows = self.following(pdu_type, total);
         let bytes = self
             .buf
             .get(self.start..self.start + total)
@@ -401,5 +497,97 @@ mod tests {
         let pdu = reader.read(&mut wire, 100).await.unwrap();
         assert_eq!(pdu.pdu_type, A_RELEASE_RQ);
         assert_eq!(pdu.body(), &[0, 0, 0, 0]);
+    }
+
+    /// A P-DATA-TF with one value of `len` bytes; `last` sets the
+    /// last-fragment bit.
+    fn fragment(len: usize, last: bool) -> Vec<u8> {
+        let mut item = ((len + 2) as u32).to_be_bytes().to_vec();
+        item.extend_from_slice(&[1, if last { 0x02 } else { 0x00 }]);
+        item.resize(item.len() + len, 0xAB);
+        pdu_bytes(P_DATA_TF, &item)
+    }
+
+    fn low_water(fd: &std::os::fd::OwnedFd) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid descriptor, value and length for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                std::ptr::from_mut(&mut value).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value as usize
+    }
+
+    /// Over a real connection: while a PDU is incomplete the low-water mark
+    /// asks for its rest (and, after a fragment that is not the last, the
+    /// smallest PDU that must follow), never more, so that a peer that
+    /// stops after a last fragment, or aborts after any, is still heard.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn low_water_mark_waits_for_what_the_peer_owes() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        peer.set_nodelay(true).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let probe = ours.as_fd().try_clone_to_owned().unwrap();
+        let mut stream = tokio::net::TcpStream::from_std(ours).unwrap();
+        let mut reader = PduReader::with_low_water(stream.as_fd().try_clone_to_owned().unwrap());
+
+        let first = fragment(16_372, false);
+        let second = fragment(100, true);
+        let release = pdu_bytes(A_RELEASE_RQ, &[0, 0, 0, 0]);
+        let abort = pdu_bytes(A_ABORT, &[0, 0, 0, 0]);
+        let wire = [
+            first.clone(),
+            second.clone(),
+            release,
+            fragment(50, false),
+            abort,
+        ]
+        .concat();
+
+        let sender = std::thread::spawn(move || {
+            let pause = || std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut marks = Vec::new();
+            // header and value header first, as dcmtk writes them
+            let (head, rest) = wire.split_at(P_DATA_HEAD);
+            let (body, rest) = rest.split_at(first.len() - P_DATA_HEAD);
+            for part in [head, body] {
+                peer.write_all(part).unwrap();
+                pause();
+                marks.push(low_water(&probe));
+            }
+            peer.write_all(rest).unwrap();
+            pause();
+            (peer, marks)
+        });
+        let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+        assert_eq!(pdu.bytes.len(), 16_384);
+        let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+        assert_eq!(pdu.bytes.len(), second.len());
+        // a last fragment owes nothing: the 10-byte release is read
+        let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+        assert_eq!(pdu.pdu_type, A_RELEASE_RQ);
+        let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+        assert_eq!(pdu.pdu_type, P_DATA_TF);
+        // a fragment that is not the last owes at least an A-ABORT
+        let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+        assert_eq!(pdu.pdu_type, A_ABORT);
+        let (_peer, marks) = sender.join().unwrap();
+        // with the first fragment's header in, the mark asks for the rest of
+        // it and the 10 bytes of a next PDU, which the peer owes: the whole
+        // fragment alone does not wake the reader
+        let mark = 16_384 - P_DATA_HEAD + MIN_PDU;
+        assert_eq!(marks, [mark, mark]);
     }
 }

@@ -391,7 +391,7 @@ impl Checked {
 mod tests {
     use super::*;
     use crate::storage::fs::FilesystemStorage;
-    use crate::writer::SpoolPlace;
+    use crate::writer::{Placement, SpoolPlace};
 
     fn writer(dir: &std::path::Path) -> (Writer, std::path::PathBuf) {
         let storage = FilesystemStorage::new(dir).unwrap();
@@ -401,7 +401,7 @@ mod tests {
             anonymous: false,
         };
         (
-            Writer::start(place, Arc::new(storage), None, None).unwrap(),
+            Writer::start(place, Arc::new(storage), None, None, Placement::OwnThread).unwrap(),
             spool,
         )
     }

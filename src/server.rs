@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::association::{self, ServerContext};
@@ -17,6 +17,7 @@ use crate::storage::fs::FilesystemStorage;
 use crate::storage::s3::S3Storage;
 use crate::storage::Storage;
 use crate::study::StudyTracker;
+use crate::writer::Placement;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -242,6 +243,9 @@ async fn accept_loop(
 ) {
     let active = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
+    // Plain TCP to a backend that stores with file operations only: each
+    // association gets a thread to itself (see `serve_on_own_thread`).
+    let own_threads = ctx.storage.blocking_publisher().is_some();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -275,7 +279,10 @@ async fn accept_loop(
             let _guard = guard;
             match tls {
                 None if busy => association::reject_busy(stream, ctx, peer).await,
-                None => association::serve_tcp(stream, peer, ctx, shutdown).await,
+                None if own_threads => serve_on_own_thread(stream, peer, ctx, shutdown).await,
+                None => {
+                    association::serve_tcp(stream, peer, ctx, shutdown, Placement::OwnThread).await
+                }
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
                         ctx.config.acse_timeout.unwrap_or(Duration::from_secs(3600)),
@@ -300,6 +307,85 @@ async fn accept_loop(
     // Associations see the shutdown flag: idle ones abort now, busy ones
     // after the object in flight.
     while tasks.join_next().await.is_some() {}
+}
+
+/// Serve a plain TCP association on a thread of its own, with a
+/// single-threaded runtime of its own, that also does the association's file
+/// work (`Placement::Inline`).
+///
+/// This is how dcmtk's `storescp --fork` spends its time, and why it wins
+/// when one sender waits for each response: an object's bytes are read,
+/// written and answered by one thread, with no hand-off between threads on
+/// the way (two wake-ups fewer per object, and no idle core woken for each).
+/// The network I/O stays asynchronous (timeouts, shutdown, the low-water
+/// mark); blocking file calls on this runtime hold up only the association
+/// that is waiting for them anyway. The task that awaits the thread stands
+/// for it in the server's set of associations: when the server's runtime
+/// drops that task (stop after the grace period), the association is
+/// cancelled at its next await, as tasks on the server's runtime are.
+async fn serve_on_own_thread(
+    stream: TcpStream,
+    peer: String,
+    ctx: Arc<ServerContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.events.log_to(target::SERVER, Level::Warning, || {
+                format!("{peer}: cannot hand the connection to its thread: {e}")
+            });
+            return;
+        }
+    };
+    let (cancel, cancelled) = oneshot::channel::<()>();
+    let (ended, end) = oneshot::channel::<()>();
+    let events = ctx.events.clone();
+    let who = peer.clone();
+    let thread = std::thread::Builder::new()
+        .name("dicom-storescp-assoc".into())
+        .spawn(move || {
+            let _ended = ended;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .thread_keep_alive(crate::memory::THREAD_KEEP_ALIVE)
+                .build();
+            let runtime = match runtime {
+                Ok(rt) => rt,
+                Err(e) => {
+                    ctx.events.log_to(target::SERVER, Level::Warning, || {
+                        format!("{peer}: cannot start the association's runtime: {e}")
+                    });
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        ctx.events.log_to(target::SERVER, Level::Warning, || {
+                            format!("{peer}: cannot register the connection: {e}")
+                        });
+                        return;
+                    }
+                };
+                let serve = association::serve_tcp(stream, peer, ctx, shutdown, Placement::Inline);
+                tokio::select! {
+                    () = serve => {}
+                    _ = cancelled => {}
+                }
+            });
+        });
+    match thread {
+        Ok(_) => {
+            let _ = end.await;
+        }
+        Err(e) => events.log_to(target::SERVER, Level::Warning, || {
+            format!("{who}: cannot start a thread for the association: {e}")
+        }),
+    }
+    drop(cancel);
 }
 
 /// A TLS handshake that failed (untrusted or missing client certificate,

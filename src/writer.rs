@@ -123,29 +123,51 @@ enum Job {
 }
 
 /// The association's side of its writer. Cloning gives another handle to
-/// the same thread.
+/// the same writer.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
+    route: Route,
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
     completes: bool,
 }
 
+/// Where a writer's jobs run.
+#[derive(Clone)]
+enum Route {
+    /// On a thread of the writer's own, in order.
+    Thread(mpsc::Sender<Job>),
+    /// On the caller's thread, at once: for an association that has a
+    /// thread to itself (see `server.rs`), where blocking delays nobody else.
+    Inline(Arc<Mutex<FileWork>>),
+}
+
+/// Where a writer runs its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    OwnThread,
+    Inline,
+}
+
 impl Writer {
-    /// Start a writer thread. With `peer` (a duplicate of a plain TCP
-    /// connection's descriptor, the peer given `send_timeout` to take each
-    /// response) and a backend that publishes with plain file operations,
-    /// the writer can complete objects by itself ([`Then::Complete`]).
+    /// Start a writer. With `peer` (a duplicate of a plain TCP connection's
+    /// descriptor, the peer given `send_timeout` to take each response) and
+    /// a backend that publishes with plain file operations, the writer can
+    /// complete objects by itself ([`Then::Complete`]).
     pub fn start(
         place: SpoolPlace,
         storage: Arc<dyn Storage>,
         peer: Option<OwnedFd>,
         send_timeout: Option<Duration>,
+        placement: Placement,
     ) -> io::Result<Writer> {
-        let (tx, rx) = mpsc::channel(QUEUE);
         let spare = Arc::new(Mutex::new(Vec::new()));
-        let completes = peer.is_some() && storage.blocking_publisher().is_some();
-        let thread = WriterThread {
+        // Inline, the association answers and reports itself (it can wait
+        // for room in the event queue; a blocking wait inside its runtime
+        // could not).
+        let completes = peer.is_some()
+            && storage.blocking_publisher().is_some()
+            && placement == Placement::OwnThread;
+        let work = FileWork {
             place,
             storage,
             spare: spare.clone(),
@@ -153,11 +175,18 @@ impl Writer {
             peer,
             send_timeout,
         };
-        std::thread::Builder::new()
-            .name("dicom-storescp-writer".into())
-            .spawn(move || thread.run(rx))?;
+        let route = match placement {
+            Placement::Inline => Route::Inline(Arc::new(Mutex::new(work))),
+            Placement::OwnThread => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                std::thread::Builder::new()
+                    .name("dicom-storescp-writer".into())
+                    .spawn(move || work.run(rx))?;
+                Route::Thread(tx)
+            }
+        };
         Ok(Writer {
-            tx,
+            route,
             spare,
             completes,
         })
@@ -178,18 +207,27 @@ impl Writer {
             .unwrap_or_default()
     }
 
-    /// Queue a piece of object `seq`; waits only while the queue is full.
+    /// Run `job`: queue it to the writer's thread (waiting only while the
+    /// queue is full), or do it now.
+    async fn run(&self, job: Job) -> Result<(), WriteError> {
+        match &self.route {
+            Route::Thread(tx) => tx.send(job).await.map_err(|_| WriteError::Gone),
+            Route::Inline(work) => {
+                work.lock().map_err(|_| WriteError::Gone)?.handle(job);
+                Ok(())
+            }
+        }
+    }
+
+    /// Write a piece of object `seq`.
     pub async fn piece(&self, seq: u64, buf: Vec<u8>) -> Result<(), WriteError> {
-        self.tx
-            .send(Job::Piece { seq, buf })
-            .await
-            .map_err(|_| WriteError::Gone)
+        self.run(Job::Piece { seq, buf }).await
     }
 
     /// Drop object `seq` (refused after some of it was written).
     pub async fn discard(&self, seq: u64) {
         // A writer that is gone has dropped everything already.
-        let _ = self.tx.send(Job::Discard { seq }).await;
+        let _ = self.run(Job::Discard { seq }).await;
     }
 
     /// Write object `seq`'s last bytes, then publish or return it.
@@ -203,20 +241,18 @@ impl Writer {
         done.await.map_err(|_| WriteError::Gone)?
     }
 
-    /// Queue the end of object `seq` without waiting for it; the returned
-    /// receiver resolves once the writer is done with it (and with every
-    /// job before it).
+    /// Hand over the end of object `seq` without waiting for it; the
+    /// returned receiver resolves once the writer is done with it (and with
+    /// every job before it).
     pub async fn hand_over(&self, seq: u64, tail: Vec<u8>, then: Then) -> Result<Done, WriteError> {
         let (reply, done) = oneshot::channel();
-        self.tx
-            .send(Job::Finish {
-                seq,
-                tail,
-                then,
-                reply,
-            })
-            .await
-            .map_err(|_| WriteError::Gone)?;
+        self.run(Job::Finish {
+            seq,
+            tail,
+            then,
+            reply,
+        })
+        .await?;
         Ok(done)
     }
 }
@@ -230,7 +266,8 @@ struct Current {
     file: Result<SpoolFile, io::Error>,
 }
 
-struct WriterThread {
+/// A writer's state: the object being written and how to finish it.
+struct FileWork {
     place: SpoolPlace,
     storage: Arc<dyn Storage>,
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -282,28 +319,33 @@ fn send_all(peer: &OwnedFd, bytes: &[u8], timeout: Option<Duration>) -> bool {
     true
 }
 
-impl WriterThread {
+impl FileWork {
+    /// The writer thread: jobs in order until the association lets go.
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(job) = rx.blocking_recv() {
-            match job {
-                Job::Piece { seq, buf } => {
-                    self.write_piece(seq, &buf);
-                    self.recycle(buf);
-                }
-                Job::Finish {
-                    seq,
-                    tail,
-                    then,
-                    reply,
-                } => {
-                    let result = self.finish(seq, tail, then);
-                    // The association may be gone (aborted): nobody to tell.
-                    let _ = reply.send(result);
-                }
-                Job::Discard { seq } => {
-                    if self.current.as_ref().is_some_and(|c| c.seq == seq) {
-                        self.current = None;
-                    }
+            self.handle(job);
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Piece { seq, buf } => {
+                self.write_piece(seq, &buf);
+                self.recycle(buf);
+            }
+            Job::Finish {
+                seq,
+                tail,
+                then,
+                reply,
+            } => {
+                let result = self.finish(seq, tail, then);
+                // The association may be gone (aborted): nobody to tell.
+                let _ = reply.send(result);
+            }
+            Job::Discard { seq } => {
+                if self.current.as_ref().is_some_and(|c| c.seq == seq) {
+                    self.current = None;
                 }
             }
         }
@@ -454,6 +496,7 @@ mod tests {
             Arc::new(storage),
             Some(OwnedFd::from(ours)),
             Some(Duration::from_secs(5)),
+            Placement::OwnThread,
         )
         .unwrap();
         assert!(writer.completes());
@@ -492,5 +535,58 @@ mod tests {
         assert!(done.await.is_ok());
         assert!(reports.recv().is_ok());
         std::fs::remove_file(dir.path()).unwrap();
+    }
+
+    /// Inline, jobs run on the caller's thread before the call returns, and
+    /// the writer does not answer the peer itself (the association does).
+    #[tokio::test(flavor = "current_thread")]
+    async fn inline_writer_works_on_the_callers_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FilesystemStorage::new(dir.path()).unwrap();
+        let place = SpoolPlace {
+            dir: storage.spool_dir().to_path_buf(),
+            anonymous: storage.anonymous_spool(),
+        };
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let writer = Writer::start(
+            place,
+            Arc::new(storage),
+            Some(OwnedFd::from(ours)),
+            None,
+            Placement::Inline,
+        )
+        .unwrap();
+        assert!(!writer.completes());
+
+        let mut piece = writer.buffer();
+        piece.extend_from_slice(&[5u8; 70_000]);
+        writer.piece(1, piece).await.unwrap();
+        // the piece is written already: its buffer is back for reuse
+        assert!(writer.buffer().capacity() >= 70_000);
+        let done = writer
+            .hand_over(
+                1,
+                b"end".to_vec(),
+                Then::Publish {
+                    key: key("1.2.3.9"),
+                },
+            )
+            .await
+            .unwrap();
+        let Ok(Ok(Finished::Published(stored))) = done.await else {
+            panic!("not published");
+        };
+        let data = std::fs::read(&stored.location).unwrap();
+        assert_eq!(data.len(), 70_003);
+        assert!(data.ends_with(b"end"));
+
+        // a discarded object leaves nothing behind
+        writer.piece(2, vec![1u8; 10]).await.unwrap();
+        writer.discard(2).await;
+        let finished = writer.finish(2, b"x".to_vec(), Then::Return).await.unwrap();
+        let Finished::Spooled(Spooled::Memory(only_tail)) = finished else {
+            panic!("the discarded object's spool file was kept");
+        };
+        assert_eq!(only_tail, b"x");
     }
 }
