@@ -56,34 +56,52 @@ pub struct FilesystemStorage {
 
 static LINK_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Whether `linkat(fd, "", ..., AT_EMPTY_PATH)` was refused once: kernels
+/// before 6.10 allow it only with CAP_DAC_READ_SEARCH. The file is then
+/// linked through its `/proc/self/fd` path instead (a longer lookup).
+#[cfg(target_os = "linux")]
+static NO_EMPTY_PATH_LINK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Give an anonymous (`O_TMPFILE`) file the name `target`, replacing any
 /// existing file atomically.
 #[cfg(target_os = "linux")]
 fn link_anonymous(file: &std::fs::File, target: &Path) -> io::Result<()> {
-    use std::ffi::CString;
+    use std::ffi::{CStr, CString};
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::io::AsRawFd;
 
-    let link = |to: &Path| -> io::Result<()> {
-        let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .map_err(|_| io::Error::other("bad fd path"))?;
-        let to = CString::new(to.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-        // SAFETY: both arguments are valid NUL-terminated C strings that live
-        // across the call; linkat does not retain them.
-        let rc = unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                from.as_ptr(),
-                libc::AT_FDCWD,
-                to.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        };
+    let linkat = |from_dir: libc::c_int, from: &CStr, to: &CStr, flags| -> io::Result<()> {
+        // SAFETY: both paths are valid NUL-terminated C strings that live
+        // across the call, and the descriptor is open; linkat retains none.
+        let rc =
+            unsafe { libc::linkat(from_dir, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), flags) };
         if rc == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
+        }
+    };
+    let through_proc = |to: &CStr| -> io::Result<()> {
+        let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|_| io::Error::other("bad fd path"))?;
+        linkat(libc::AT_FDCWD, &from, to, libc::AT_SYMLINK_FOLLOW)
+    };
+    let link = |to: &Path| -> io::Result<()> {
+        let to = CString::new(to.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        if NO_EMPTY_PATH_LINK.load(Ordering::Relaxed) {
+            return through_proc(&to);
+        }
+        match linkat(file.as_raw_fd(), c"", &to, libc::AT_EMPTY_PATH) {
+            // Refused (ENOENT without the capability on older kernels, but
+            // also a missing directory): the /proc path tells which.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
+                through_proc(&to)?;
+                NO_EMPTY_PATH_LINK.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            other => other,
         }
     };
     match link(target) {
@@ -270,6 +288,29 @@ mod tests {
         let series = dir.path().join("1.2/1.2.3");
         assert_eq!(std::fs::read_dir(series).unwrap().count(), 1);
         assert_eq!(std::fs::read_dir(fs.spool_dir()).unwrap().count(), 0);
+        // where the kernel links by descriptor, the missing directory did
+        // not make the storage fall back to /proc paths for good
+        if links_by_descriptor(fs.spool_dir()) {
+            assert!(!NO_EMPTY_PATH_LINK.load(Ordering::Relaxed));
+        }
+    }
+
+    fn links_by_descriptor(dir: &Path) -> bool {
+        use std::os::unix::io::AsRawFd;
+        let spool = SpoolFile::create_anonymous(dir).unwrap();
+        let to = std::ffi::CString::new(format!("{}/probe", dir.display())).unwrap();
+        // SAFETY: valid descriptor and C strings for the call.
+        let rc = unsafe {
+            libc::linkat(
+                spool.file.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        let _ = std::fs::remove_file(dir.join("probe"));
+        rc == 0
     }
 
     #[test]
