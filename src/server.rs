@@ -343,7 +343,7 @@ async fn serve_on_own_thread(
     let events = ctx.events.clone();
     let who = peer.clone();
     let thread = std::thread::Builder::new()
-        .name("dicom-storescp-assoc".into())
+        .name("storescp-assoc".into())
         .spawn(move || {
             let _ended = ended;
             let runtime = tokio::runtime::Builder::new_current_thread()

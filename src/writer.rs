@@ -180,7 +180,7 @@ impl Writer {
             Placement::OwnThread => {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 std::thread::Builder::new()
-                    .name("dicom-storescp-writer".into())
+                    .name("storescp-writer".into())
                     .spawn(move || work.run(rx))?;
                 Route::Thread(tx)
             }
