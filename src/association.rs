@@ -375,6 +375,11 @@ async fn serve_with<S: Stream>(
 }
 
 impl Session {
+    /// Bytes the object being received still owes by its own account.
+    fn owed(&mut self) -> u64 {
+        self.receiving.as_mut().map_or(0, |r| r.incoming.owed())
+    }
+
     fn busy(&self) -> bool {
         self.receiving.is_some() || self.discarding.is_some() || !self.command.is_empty()
     }
@@ -471,6 +476,7 @@ impl Session {
                 }
             }
             reader.shrink(self.ctx.config.max_pdu_length as usize + pdu::HEADER_LEN);
+            reader.expect_at_least(self.owed());
         }
     }
 
@@ -750,7 +756,8 @@ impl Session {
             self.objects,
             self.ctx.storage.memory_limit(),
             prefix,
-        );
+        )
+        .measure(&context.transfer_syntax);
         self.receiving = Some(Receiving {
             cmd,
             sop_class_uid,

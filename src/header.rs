@@ -131,6 +131,10 @@ pub struct Header {
     /// Reading stopped at an element past everything wanted (not at the end
     /// of the input or at an error): reading more input would add nothing.
     pub complete: bool,
+    /// Where the value of the top-level Pixel Data element ends, counted
+    /// from the data set's start, when reading stopped at its header and
+    /// its length is defined (not for deflated data sets).
+    pub pixel_data_end: Option<u64>,
 }
 
 impl Header {
@@ -233,6 +237,29 @@ fn skip_item<S: Read>(
     }
 }
 
+/// A reader that counts what was read through it.
+struct Counted<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Where the top-level Pixel Data value of a data set ends (counted from
+/// the data set's start), if `head` holds the element's header and the
+/// length is defined. A sender that announced it owes at least that much.
+pub fn pixel_data_end(head: &[u8], ts_uid: &str) -> Option<u64> {
+    static PLAN: std::sync::OnceLock<HeaderPlan> = std::sync::OnceLock::new();
+    let plan = PLAN.get_or_init(|| HeaderPlan::new([PIXEL_DATA], Vec::new()));
+    read_header(head, ts_uid, plan).ok()?.pixel_data_end
+}
+
 /// Read the values of the plan's tags from a data set encoded in `ts_uid`.
 pub fn read_header<R: Read>(
     source: R,
@@ -242,10 +269,16 @@ pub fn read_header<R: Read>(
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| HeaderError::UnknownTransferSyntax(ts_uid.to_string()))?;
+    let consumed = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let counted = Counted {
+        inner: source,
+        count: consumed.clone(),
+    };
+    let deflated = matches!(ts.codec(), Codec::Dataset(Some(_)));
     let source: Box<dyn Read> = match ts.codec() {
-        Codec::Dataset(Some(adapter)) => adapter.adapt_reader(Box::new(source)),
+        Codec::Dataset(Some(adapter)) => adapter.adapt_reader(Box::new(counted)),
         Codec::Dataset(None) => return Err(HeaderError::UnknownTransferSyntax(ts_uid.to_string())),
-        _ => Box::new(source),
+        _ => Box::new(counted),
     };
     let mut src = BufReader::with_capacity(16 * 1024, source);
     let decoder = ts
@@ -280,6 +313,10 @@ pub fn read_header<R: Read>(
         };
         let tag = h.tag();
         if tag > plan.stop || tag >= PIXEL_DATA_START {
+            if tag == PIXEL_DATA && !deflated {
+                let at = consumed.get().saturating_sub(src.buffer().len() as u64);
+                header.pixel_data_end = h.length().get().map(|n| at + u64::from(n));
+            }
             header.complete = true;
             break;
         }
@@ -749,5 +786,48 @@ mod tests {
         let h = read_header(&deep[..], EXPLICIT_LE, &plan).unwrap();
         assert!(h.error.is_some());
         assert!(read_header(&[][..], "1.2.3", &plan).is_err());
+    }
+
+    /// The end of a defined-length Pixel Data value is found past
+    /// sequences of undefined length; an undefined length, a head that ends
+    /// before the element, or a deflated data set give nothing.
+    #[test]
+    fn pixel_data_end_is_where_its_value_ends() {
+        let mut ds = base();
+        ds.extend_from_slice(&[
+            0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xff, 0xff, 0xff, 0xff,
+        ]);
+        ds.extend_from_slice(&[0xfe, 0xff, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xff]);
+        ds.extend(ele(0x0008, 0x1150, b"UI", b"1.2\0"));
+        ds.extend_from_slice(&[0xfe, 0xff, 0x0d, 0xe0, 0, 0, 0, 0]);
+        ds.extend_from_slice(&[0xfe, 0xff, 0xdd, 0xe0, 0, 0, 0, 0]);
+        ds.extend(ele(0x0028, 0x0010, b"US", &512u16.to_le_bytes()));
+        let before = ds.len();
+        // only the element header and a few bytes of the value are in
+        let mut head = ds.clone();
+        head.extend_from_slice(&[0xe0, 0x7f, 0x10, 0x00, b'O', b'W', 0, 0]);
+        head.extend_from_slice(&524_288u32.to_le_bytes());
+        head.extend_from_slice(&[0u8; 100]);
+        let end = pixel_data_end(&head, EXPLICIT_LE);
+        assert_eq!(end, Some(before as u64 + 12 + 524_288));
+        assert_eq!(pixel_data_end(&head[..before + 6], EXPLICIT_LE), None);
+        assert_eq!(pixel_data_end(&head, "1.2.840.10008.1.2.1.99"), None);
+        // encapsulated: undefined length
+        let mut encapsulated = ds.clone();
+        encapsulated.extend_from_slice(&[0xe0, 0x7f, 0x10, 0x00, b'O', b'B', 0, 0]);
+        encapsulated.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            pixel_data_end(&encapsulated, "1.2.840.10008.1.2.4.50"),
+            None
+        );
+        // implicit VR little endian
+        let mut implicit = Vec::new();
+        implicit.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, 8, 0, 0, 0]);
+        implicit.extend_from_slice(b"1.2.3.4\0");
+        implicit.extend_from_slice(&[0xe0, 0x7f, 0x10, 0x00, 0x00, 0x10, 0, 0]);
+        assert_eq!(
+            pixel_data_end(&implicit, "1.2.840.10008.1.2"),
+            Some(16 + 8 + 4096)
+        );
     }
 }

@@ -69,9 +69,14 @@ const P_DATA_HEAD: usize = HEADER_LEN + 6;
 /// Smallest PDU a peer may send at any point (A-ABORT, A-RELEASE-RQ).
 const MIN_PDU: usize = 10;
 
-/// Highest receive low-water mark set: well under the default receive buffer
-/// (128 KiB), so the kernel never has to grow the buffer for it.
-const MAX_LOW_WATER: usize = 64 * 1024;
+/// Highest receive low-water mark set (the kernel grows the receive buffer
+/// to hold it).
+const MAX_LOW_WATER: usize = 256 * 1024;
+
+/// How long the reader waits for bytes that the data set announced (see
+/// [`PduReader::expect_at_least`]) before it settles for what the protocol
+/// guarantees.
+const ANNOUNCED_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Reads PDUs one at a time. The reader does its own buffering: each read
 /// asks the socket for as much as fits, and a PDU that arrived whole is
@@ -86,6 +91,9 @@ pub struct PduReader {
     /// Bytes the peer must still send after the PDU handed out last (a
     /// fragment that is not the last one announces another P-DATA-TF).
     follows: usize,
+    /// Bytes the peer announced it will send after the PDU handed out last
+    /// (the rest of a data set whose length is known), for the next read.
+    announced: usize,
     low_water: Option<LowWater>,
 }
 
@@ -130,6 +138,7 @@ impl Default for PduReader {
             end: 0,
             handed_out: 0,
             follows: 0,
+            announced: 0,
             low_water: None,
         }
     }
@@ -144,6 +153,36 @@ impl PduReader {
             low_water: Some(LowWater { fd, set: 1 }),
             ..PduReader::default()
         }
+    }
+
+    /// The peer announced (in data already read) that at least `bytes` more
+    /// follow the PDU handed out last: the next read may sleep until they
+    /// are in, or for [`ANNOUNCED_GRACE`] at most, in case the announcement
+    /// was wrong. Applies to the next read only.
+    pub fn expect_at_least(&mut self, bytes: u64) {
+        self.announced = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
+
+    /// Receive more bytes towards a PDU of `want` bytes, waking once `sure`
+    /// bytes (what the peer is bound to send) are in, or `hoped` (what it
+    /// announced) within the grace period. A grace period that runs out
+    /// clears `hoped`.
+    async fn fill_towards<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+        want: usize,
+        sure: usize,
+        hoped: &mut usize,
+    ) -> Result<(), PduError> {
+        if *hoped > sure && self.low_water.is_some() {
+            self.wake_at(*hoped);
+            match tokio::time::timeout(ANNOUNCED_GRACE, self.fill(stream, want)).await {
+                Ok(filled) => return filled,
+                Err(_) => *hoped = 0,
+            }
+        }
+        self.wake_at(sure);
+        self.fill(stream, want).await
     }
 
     /// Let the kernel wake the reader only once `needed` unread bytes are in.
@@ -222,9 +261,11 @@ impl PduReader {
             self.end = 0;
         }
         let follows = std::mem::take(&mut self.follows);
+        let mut hoped = std::mem::take(&mut self.announced);
         while self.available() < HEADER_LEN {
-            self.wake_at(follows.max(HEADER_LEN));
-            self.fill(stream, HEADER_LEN).await?;
+            let sure = follows.max(HEADER_LEN);
+            self.fill_towards(stream, HEADER_LEN, sure, &mut hoped)
+                .await?;
         }
         let header = self
             .buf
@@ -238,8 +279,8 @@ impl PduReader {
         }
         let total = HEADER_LEN + length as usize;
         while self.available() < total {
-            self.wake_at(total + self.following(pdu_type, total));
-            self.fill(stream, total).await?;
+            let sure = total + self.following(pdu_type, total);
+            self.fill_towards(stream, total, sure, &mut hoped).await?;
         }
         self.follows = self.following(pdu_type, total);
         let bytes = self
@@ -377,6 +418,7 @@ pub async fn send_quietly<W: AsyncWrite + Unpin>(stream: &mut W, pdu: &Pdu) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn pdata(items: &[(u8, u8, &[u8])]) -> Vec<u8> {
         let mut body = Vec::new();
@@ -589,5 +631,46 @@ mod tests {
         // fragment alone does not wake the reader
         let mark = 16_384 - P_DATA_HEAD + MIN_PDU;
         assert_eq!(marks, [mark, mark]);
+    }
+
+    /// A data set that announced more than its sender sends (a wrong
+    /// Pixel Data length) costs at most the grace period, never a hang.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_announcement_costs_only_the_grace_period() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        peer.set_nodelay(true).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut stream = tokio::net::TcpStream::from_std(ours).unwrap();
+        let mut reader = PduReader::with_low_water(stream.as_fd().try_clone_to_owned().unwrap());
+
+        let first = fragment(1000, false);
+        let last = fragment(200, true);
+        peer.write_all(&first).unwrap();
+        peer.write_all(&last[..P_DATA_HEAD]).unwrap();
+        let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+        assert_eq!(pdu.bytes.len(), first.len());
+        // the data set claims a megabyte more; the sender sends 200 bytes
+        reader.expect_at_least(1 << 20);
+        let rest = last[P_DATA_HEAD..].to_vec();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            peer.write_all(&rest).unwrap();
+            peer
+        });
+        let started = std::time::Instant::now();
+        let read = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut stream, 1 << 20));
+        let pdu = read.await.expect("the reader hung").unwrap();
+        assert_eq!(pdu.bytes.len(), last.len());
+        // it waited for the announced bytes (the 200 came after 5 ms), then
+        // settled for what the protocol guarantees
+        assert!(started.elapsed() >= ANNOUNCED_GRACE / 2);
+        assert!(started.elapsed() < ANNOUNCED_GRACE + Duration::from_millis(500));
+        // the announcement held for one read only: the next waits as usual
+        assert_eq!(reader.announced, 0);
+        let _peer = sender.join().unwrap();
     }
 }

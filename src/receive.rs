@@ -47,7 +47,25 @@ pub struct Incoming {
     /// The data set's first bytes, once pieces went to the writer.
     head: Option<Vec<u8>>,
     error: Option<WriteError>,
+    extent: Extent,
 }
+
+/// How far an object's data set is known to go.
+enum Extent {
+    /// Not looked at yet: look for the Pixel Data element's length in the
+    /// data set (encoded in this transfer syntax) once this many bytes are in.
+    Unread {
+        transfer_syntax: String,
+        at: usize,
+    },
+    /// At least to this many bytes of the object (prefix included).
+    AtLeast(u64),
+    Unknown,
+}
+
+/// When to look for the Pixel Data length: after the first bytes of a data
+/// set (its header is usually shorter), and once more after [`HEAD_LEN`].
+const EXTENT_FIRST_LOOK: usize = 8 * 1024;
 
 impl Incoming {
     /// Start object `seq`; `prefix` (the Part-10 preamble and meta group
@@ -65,7 +83,56 @@ impl Incoming {
             dataset_offset,
             head: None,
             error: None,
+            extent: Extent::Unknown,
         }
+    }
+
+    /// Find out from the data set (encoded in `transfer_syntax`) how long it
+    /// is at least, for [`Incoming::owed`].
+    pub fn measure(mut self, transfer_syntax: &str) -> Self {
+        self.extent = Extent::Unread {
+            transfer_syntax: transfer_syntax.to_string(),
+            at: EXTENT_FIRST_LOOK,
+        };
+        self
+    }
+
+    /// Bytes of the data set the sender has announced and not sent yet (the
+    /// end of its Pixel Data value, when its length is defined); 0 when
+    /// unknown. A sender may break its word: this is a hint for waiting,
+    /// never a reason to stop reading. Looked for in the data set only when
+    /// asked (the object is not complete yet).
+    pub fn owed(&mut self) -> u64 {
+        self.look_for_extent();
+        match self.extent {
+            Extent::AtLeast(end) => end.saturating_sub(self.len),
+            _ => 0,
+        }
+    }
+
+    fn look_for_extent(&mut self) {
+        let Extent::Unread {
+            transfer_syntax,
+            at,
+        } = &self.extent
+        else {
+            return;
+        };
+        let dataset = match &self.head {
+            Some(head) => head.as_slice(),
+            None => self.buf.get(self.dataset_offset..).unwrap_or_default(),
+        };
+        if dataset.len() < *at {
+            return;
+        }
+        self.extent = match crate::header::pixel_data_end(dataset, transfer_syntax) {
+            Some(end) => Extent::AtLeast(end.saturating_add(self.dataset_offset as u64)),
+            None if *at < HEAD_LEN => Extent::Unread {
+                transfer_syntax: transfer_syntax.clone(),
+                at: HEAD_LEN,
+            },
+            None => Extent::Unknown,
+        };
     }
 
     /// Total bytes received so far (prefix included).
@@ -479,5 +546,35 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("spool file left behind");
+    }
+
+    /// The bytes a data set still owes by its Pixel Data length, counted
+    /// down as they arrive; none for a data set that says nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn owed_bytes_follow_the_pixel_data_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, _) = writer(dir.path());
+        let mut head = Vec::new();
+        // (0008,0018) UI "1.2.3.4", then (7FE0,0010) OW of 100,000 bytes
+        head.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, b'U', b'I', 8, 0]);
+        head.extend_from_slice(b"1.2.3.4\0");
+        head.extend_from_slice(&[0xe0, 0x7f, 0x10, 0x00, b'O', b'W', 0, 0]);
+        head.extend_from_slice(&100_000u32.to_le_bytes());
+        let value_at = head.len() as u64;
+        head.resize(10_000, 7);
+        let mut incoming = Incoming::new(w.clone(), 1, SPILL_THRESHOLD, b"PREFIX".to_vec())
+            .measure("1.2.840.10008.1.2.1");
+        incoming.push(&head[..100]).await;
+        // too early to look
+        assert_eq!(incoming.owed(), 0);
+        incoming.push(&head[100..]).await;
+        let owed = value_at + 100_000 - head.len() as u64;
+        assert_eq!(incoming.owed(), owed);
+        incoming.push(&[0u8; 50_000]).await;
+        assert_eq!(incoming.owed(), owed - 50_000);
+
+        let mut silent = Incoming::new(w, 2, SPILL_THRESHOLD, Vec::new());
+        silent.push(&head).await;
+        assert_eq!(silent.owed(), 0);
     }
 }
