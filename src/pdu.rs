@@ -568,6 +568,17 @@ mod tests {
         value as usize
     }
 
+    /// A loopback TCP connection: the peer's end (blocking, no delay) and
+    /// ours (non-blocking, for tokio).
+    fn connection() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        peer.set_nodelay(true).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (peer, ours)
+    }
+
     /// Over a real connection: while a PDU is incomplete the low-water mark
     /// asks for its rest (and, after a fragment that is not the last, the
     /// smallest PDU that must follow), never more, so that a peer that
@@ -576,11 +587,7 @@ mod tests {
     async fn low_water_mark_waits_for_what_the_peer_owes() {
         use std::io::Write;
         use std::os::fd::AsFd;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        peer.set_nodelay(true).unwrap();
-        let (ours, _) = listener.accept().unwrap();
-        ours.set_nonblocking(true).unwrap();
+        let (mut peer, ours) = connection();
         let probe = ours.as_fd().try_clone_to_owned().unwrap();
         let mut stream = tokio::net::TcpStream::from_std(ours).unwrap();
         let mut reader = PduReader::with_low_water(stream.as_fd().try_clone_to_owned().unwrap());
@@ -639,11 +646,7 @@ mod tests {
     async fn a_broken_announcement_costs_only_the_grace_period() {
         use std::io::Write;
         use std::os::fd::AsFd;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        peer.set_nodelay(true).unwrap();
-        let (ours, _) = listener.accept().unwrap();
-        ours.set_nonblocking(true).unwrap();
+        let (mut peer, ours) = connection();
         let mut stream = tokio::net::TcpStream::from_std(ours).unwrap();
         let mut reader = PduReader::with_low_water(stream.as_fd().try_clone_to_owned().unwrap());
 

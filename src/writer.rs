@@ -481,24 +481,34 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn completes_objects_on_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = FilesystemStorage::new(dir.path()).unwrap();
+    /// A writer storing under `dir`, with a (non-blocking) socket to answer
+    /// on; the other end for the test.
+    fn writer_with_peer(
+        dir: &std::path::Path,
+        placement: Placement,
+    ) -> (Writer, std::os::unix::net::UnixStream) {
+        let storage = FilesystemStorage::new(dir).unwrap();
         let place = SpoolPlace {
             dir: storage.spool_dir().to_path_buf(),
             anonymous: storage.anonymous_spool(),
         };
-        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let writer = Writer::start(
             place,
             Arc::new(storage),
             Some(OwnedFd::from(ours)),
             Some(Duration::from_secs(5)),
-            Placement::OwnThread,
+            placement,
         )
         .unwrap();
+        (writer, theirs)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn completes_objects_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, mut theirs) = writer_with_peer(dir.path(), Placement::OwnThread);
         assert!(writer.completes());
         let (told, reports) = std_mpsc::channel();
 
@@ -542,20 +552,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn inline_writer_works_on_the_callers_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = FilesystemStorage::new(dir.path()).unwrap();
-        let place = SpoolPlace {
-            dir: storage.spool_dir().to_path_buf(),
-            anonymous: storage.anonymous_spool(),
-        };
-        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let writer = Writer::start(
-            place,
-            Arc::new(storage),
-            Some(OwnedFd::from(ours)),
-            None,
-            Placement::Inline,
-        )
-        .unwrap();
+        let (writer, _theirs) = writer_with_peer(dir.path(), Placement::Inline);
         assert!(!writer.completes());
 
         let mut piece = writer.buffer();
