@@ -26,7 +26,7 @@ use crate::receive::{self, Incoming};
 use crate::storage::{is_valid_uid, Storage};
 use crate::study::StudyTracker;
 use crate::tags::Extraction;
-use crate::writer::{Done, Placement, SpoolPlace, Writer};
+use crate::writer::{Placement, SpoolPlace, Writer};
 
 /// Everything an association needs from its server.
 pub struct ServerContext {
@@ -137,10 +137,8 @@ struct Session {
     discarding: Option<Discarding>,
     /// The association's writer, started with its first object.
     writer: Option<Writer>,
-    /// The last object handed to the writer to finish on its own: waited
-    /// for before the task writes to the connection or reports anything.
-    settling: Option<Done>,
-    writer_setup: WriterSetup,
+    /// Where the writer runs.
+    placement: Placement,
     /// Objects begun on this association.
     objects: u64,
 }
@@ -197,9 +195,8 @@ async fn abort_and_close<S: Stream>(io: &mut Io<S>, reason: AbortRQServiceProvid
     pdu::close_after_last_pdu(io).await;
 }
 
-/// Serve one association over plain TCP to its end; the association's
-/// writer gets its own descriptor of the connection to answer stores, and
-/// writes where `placement` says.
+/// Serve one association over plain TCP to its end, with its writer where
+/// `placement` says.
 pub async fn serve_tcp(
     stream: tokio::net::TcpStream,
     peer: String,
@@ -212,16 +209,7 @@ pub async fn serve_tcp(
         Ok(fd) => PduReader::with_low_water(fd),
         Err(_) => PduReader::default(),
     };
-    // An inline writer answers through the task like everything else.
-    let answer_fd = match placement {
-        Placement::OwnThread => stream.as_fd().try_clone_to_owned().ok(),
-        Placement::Inline => None,
-    };
-    let writer = WriterSetup {
-        answer_fd,
-        placement,
-    };
-    serve_with(stream, reader, peer, ctx, shutdown, writer).await
+    serve_with(stream, reader, peer, ctx, shutdown, placement).await
 }
 
 /// Serve one association to its end.
@@ -231,19 +219,8 @@ pub async fn serve<S: Stream>(
     ctx: Arc<ServerContext>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let writer = WriterSetup {
-        answer_fd: None,
-        placement: Placement::OwnThread,
-    };
-    serve_with(stream, PduReader::default(), peer, ctx, shutdown, writer).await
-}
-
-/// How the association's writer is started.
-struct WriterSetup {
-    /// A descriptor of the connection for the writer to answer stores on
-    /// (plain TCP, writer on its own thread); taken when the writer starts.
-    answer_fd: Option<std::os::fd::OwnedFd>,
-    placement: Placement,
+    let reader = PduReader::default();
+    serve_with(stream, reader, peer, ctx, shutdown, Placement::OwnThread).await
 }
 
 async fn serve_with<S: Stream>(
@@ -252,7 +229,7 @@ async fn serve_with<S: Stream>(
     peer: String,
     ctx: Arc<ServerContext>,
     mut shutdown: watch::Receiver<bool>,
-    writer_setup: WriterSetup,
+    placement: Placement,
 ) {
     let mut io = stream;
     let events = ctx.events.clone();
@@ -366,8 +343,7 @@ async fn serve_with<S: Stream>(
         receiving: None,
         discarding: None,
         writer: None,
-        settling: None,
-        writer_setup,
+        placement,
         objects: 0,
     };
     let end = session.run(&mut io, &mut reader, &mut shutdown).await;
@@ -456,7 +432,6 @@ impl Session {
                     }
                 }
                 pdu::A_RELEASE_RQ => {
-                    self.settle().await;
                     let rp = dicom_ul::pdu::Pdu::ReleaseRP;
                     pdu::send_quietly(io, &rp).await;
                     return End::Released;
@@ -489,13 +464,7 @@ impl Session {
             dir: self.ctx.storage.spool_dir().to_path_buf(),
             anonymous: self.ctx.storage.anonymous_spool(),
         };
-        let w = Writer::start(
-            place,
-            self.ctx.storage.clone(),
-            self.writer_setup.answer_fd.take(),
-            self.ctx.config.dimse_timeout,
-            self.writer_setup.placement,
-        )?;
+        let w = Writer::start(place, self.ctx.storage.clone(), self.placement)?;
         self.writer = Some(w.clone());
         Ok(w)
     }
@@ -504,22 +473,12 @@ impl Session {
         self.contexts.iter().find(|c| c.id == id)
     }
 
-    /// Wait until the writer is done with the object it finishes on its own
-    /// (its response sent, its event queued).
-    async fn settle(&mut self) {
-        if let Some(done) = self.settling.take() {
-            // An error was reported by the writer already.
-            let _ = done.await;
-        }
-    }
-
     async fn send_command<S: Stream>(
         &mut self,
         io: &mut Io<S>,
         context_id: u8,
         command: Vec<u8>,
     ) -> Result<(), End> {
-        self.settle().await;
         let bytes =
             pdu::encode_pdata(context_id, true, command).map_err(|e| End::Io(e.to_string()))?;
         io.write_all(&bytes)
@@ -588,7 +547,6 @@ impl Session {
                 if let Some(d) = self.discarding.take() {
                     if let Some(err) = d.error {
                         crate::stats::bump(&self.ctx.stats.objects_failed);
-                        self.settle().await;
                         self.ctx.events.error(err).await;
                     }
                     self.send_command(io, d.context_id, d.response).await?;
@@ -705,7 +663,6 @@ impl Session {
                 return Ok(());
             }
             crate::stats::bump(&self.ctx.stats.objects_failed);
-            self.settle().await;
             self.ctx.events.error(info).await;
             return self.send_command(io, context.id, response).await;
         }
@@ -792,24 +749,10 @@ impl Session {
         )
         .await;
         let outcome = match checked {
-            Ok(checked) if checked.can_hand_over() => {
-                // The writer publishes, answers and reports; back to reading.
-                let handed = checked
-                    .hand_over(|header, key| report.clone().for_writer(header, key))
-                    .await;
-                match handed {
-                    Ok(done) => {
-                        self.settling = Some(done);
-                        return Ok(());
-                    }
-                    Err(failure) => Err(failure),
-                }
-            }
             Ok(checked) => checked.store(self.ctx.storage.as_ref()).await,
             Err(failure) => Err(failure),
         };
         // Answer first, then tell Python: the sender never waits for listeners.
-        self.settle().await;
         let sent = match report.response_for(&outcome) {
             Some(bytes) => io
                 .write_all(&bytes)
@@ -822,7 +765,6 @@ impl Session {
     }
 
     async fn finish<S: Stream>(mut self, io: &mut Io<S>, end: End) {
-        self.settle().await;
         let events = self.ctx.events.clone();
         let (what, send_abort) = match &end {
             End::Released => ("released".to_string(), None),

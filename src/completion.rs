@@ -1,7 +1,6 @@
 //! What follows an object's fate: the response to the sender, counters, log
 //! lines, the `OnFileStored` or `OnError` event and the study tracker's
-//! record. The association's task runs it, or, when the writer finishes an
-//! object on its own (see `writer.rs`), the writer thread does.
+//! record, in that order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,12 +8,10 @@ use std::sync::Arc;
 use crate::association::ServerContext;
 use crate::dimse::{self, status};
 use crate::events::{target, ErrorInfo, Event, FileStored, Level};
-use crate::header::{self, Header};
+use crate::header;
 use crate::pdu;
 use crate::receive::{StoreFailure, StoreOutcome};
-use crate::storage::{ObjectKey, Stored};
 use crate::study::InstanceRecord;
-use crate::writer::{Completion, WriteError};
 
 /// What an association knows of itself, shared by its reports.
 pub struct AssociationInfo {
@@ -147,77 +144,15 @@ impl StoreReport {
             association: self.association,
         }
     }
-
-    /// The report the writer runs when it finishes the object on its own.
-    pub fn for_writer(self, header: Header, key: ObjectKey) -> Box<dyn Completion> {
-        Box::new(WriterCompletion {
-            report: self,
-            header,
-            key,
-        })
-    }
 }
 
 impl Concluded {
-    /// Deliver from the runtime (waits while the event queue is full).
+    /// Deliver (waits while the event queue is full).
     pub async fn deliver(self) {
         let ctx = &self.association.ctx;
         ctx.events.emit(self.event).await;
         if let Some(record) = self.record {
             ctx.studies.stored(record);
         }
-    }
-
-    /// Deliver from a thread outside the runtime (blocks while the event
-    /// queue is full: backpressure on that association only).
-    pub fn deliver_blocking(self) {
-        let ctx = &self.association.ctx;
-        ctx.events.emit_blocking(self.event);
-        if let Some(record) = self.record {
-            ctx.studies.stored(record);
-        }
-    }
-}
-
-struct WriterCompletion {
-    report: StoreReport,
-    header: Header,
-    key: ObjectKey,
-}
-
-fn failure(e: &WriteError) -> StoreFailure {
-    StoreFailure::resources(e)
-}
-
-impl Completion for WriterCompletion {
-    fn key(&self) -> &ObjectKey {
-        &self.key
-    }
-
-    fn response(&self, outcome: &Result<Stored, WriteError>) -> Option<Vec<u8>> {
-        match outcome {
-            Ok(_) => self.report.response(status::SUCCESS, None),
-            Err(e) => {
-                let f = failure(e);
-                self.report.response(f.status, Some(f.message.as_str()))
-            }
-        }
-    }
-
-    fn conclude(self: Box<Self>, outcome: Result<Stored, WriteError>) {
-        let WriterCompletion {
-            report,
-            header,
-            key,
-        } = *self;
-        let outcome = match outcome {
-            Ok(stored) => Ok(StoreOutcome {
-                stored,
-                header,
-                key,
-            }),
-            Err(e) => Err(failure(&e)),
-        };
-        report.conclude(outcome).deliver_blocking();
     }
 }

@@ -1,6 +1,6 @@
 //! Receiving one object: fragments are gathered in memory and, past a
-//! backend-chosen size, passed in pieces to the association's writer thread
-//! while they arrive (bounded memory whatever the object size). Once the
+//! backend-chosen size, passed in pieces to the association's writer while
+//! they arrive (bounded memory whatever the object size). Once the
 //! object is complete its header is read for the UIDs, checked, and the
 //! object is published.
 
@@ -13,7 +13,7 @@ use crate::dimse::status;
 use crate::header::{self, Header};
 use crate::storage::{is_valid_uid, ObjectKey, Spooled, Storage, Stored};
 use crate::tags::Extraction;
-use crate::writer::{Completion, Done, Finished, Then, WriteError, Writer};
+use crate::writer::{Finished, Then, WriteError, Writer};
 
 /// Size of the pieces a big object is written in (once past
 /// [`LARGE_OBJECT`]), and the most an object may stay in memory.
@@ -383,33 +383,6 @@ pub async fn check(
 }
 
 impl Checked {
-    /// Whether the writer can finish this object on its own (see
-    /// [`Writer::completes`]); otherwise [`Checked::store`] it.
-    pub fn can_hand_over(&self) -> bool {
-        self.writer.completes() && matches!(self.progress, Progress::Open(_))
-    }
-
-    /// Let the writer finish the object by itself: `completion` makes, from
-    /// the header and key, what it answers and reports. The returned
-    /// [`Done`] resolves once it has. Refused (nothing is lost: the object
-    /// is dropped with a failure) unless [`Checked::can_hand_over`].
-    pub async fn hand_over(
-        self,
-        completion: impl FnOnce(Header, ObjectKey) -> Box<dyn Completion>,
-    ) -> Result<Done, StoreFailure> {
-        let can = self.can_hand_over();
-        let (Progress::Open(tail), true) = (self.progress, can) else {
-            return Err(StoreFailure::resources(
-                "the writer cannot finish this object",
-            ));
-        };
-        let then = Then::Complete(completion(self.header, self.key));
-        self.writer
-            .hand_over(self.seq, tail, then)
-            .await
-            .map_err(StoreFailure::resources)
-    }
-
     /// Store the object (waits until it is published).
     pub async fn store(self, storage: &dyn Storage) -> Result<StoreOutcome, StoreFailure> {
         let Checked {
@@ -435,9 +408,6 @@ impl Checked {
                         })
                     }
                     Finished::Spooled(object) => object,
-                    Finished::Completed => {
-                        return Err(StoreFailure::resources("object completed elsewhere"))
-                    }
                 }
             }
             Progress::Spooled(object) => object,
@@ -468,7 +438,7 @@ mod tests {
             anonymous: false,
         };
         (
-            Writer::start(place, Arc::new(storage), None, None, Placement::OwnThread).unwrap(),
+            Writer::start(place, Arc::new(storage), Placement::OwnThread).unwrap(),
             spool,
         )
     }

@@ -4,7 +4,7 @@
 //! instances received since the study was last reported, and a deadline.
 //! Recording a stored instance is a short, synchronous insert, so that it
 //! can be done from whichever thread finished the object (an association's
-//! writer thread or its task) without waking anything: every new instance
+//! own thread, or a worker of the server's runtime) without waking anything: every new instance
 //! pushes the study's deadline to `now + study_timeout`. A timer task sleeps
 //! until the earliest deadline; since every deadline is `now + timeout`, a
 //! new instance never moves the earliest one earlier, so the timer is only

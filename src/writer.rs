@@ -1,30 +1,20 @@
-//! Each association's blocking file work on a thread of its own.
+//! Each association's blocking file work: spool writes and publishing.
 //!
-//! Writing spool files and publishing them are blocking system calls, kept
-//! off the async runtime. Rather than a trip through the shared blocking pool
-//! for every piece of every object (a wake-up and a hand-back each), an
-//! association sends its pieces, in order, to its own writer thread: pieces
-//! are fire-and-forget (the channel's capacity bounds what is in flight), and
-//! only the end of an object is a round trip, which also publishes it when
-//! the backend publishes with plain file operations.
-//!
-//! Over plain TCP, with such a backend, the end of an object is not even a
-//! round trip: the writer publishes it, sends the response on its own
-//! descriptor of the connection and reports the outcome (event, study
-//! record) itself; the association goes back to reading the socket at once
-//! and only waits for the writer before it writes to the connection itself.
-//! Each object then wakes the association's task once (its next request)
-//! and the writer once, instead of the task twice.
-//!
-//! The thread starts with the association's first object and ends when the
-//! association drops its handle; whatever was not finished then (an object
-//! cut off by an abort) is dropped with its spool file.
+//! An association over plain TCP to the filesystem has a thread of its own
+//! (see `server.rs`); its writer works inline, on that thread, when called.
+//! Any other association (TLS, S3) runs as a task on the server's runtime,
+//! where blocking calls must not run: its writer is a thread of the
+//! association's own, to which the task sends the pieces of an object in
+//! order, without waiting for them (the channel's capacity bounds what is in
+//! flight); only the end of an object is a round trip, which also publishes
+//! it when the backend publishes with plain file operations. That thread
+//! starts with the association's first object and ends when the association
+//! drops its handle; whatever was not finished then (an object cut off by an
+//! abort) is dropped with its spool file.
 
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,22 +60,8 @@ impl SpoolPlace {
 pub enum Then {
     /// Publish it under this key (backends with a blocking publisher).
     Publish { key: ObjectKey },
-    /// Publish it, answer the peer and report, all without the association
-    /// (see [`Writer::completes`]).
-    Complete(Box<dyn Completion>),
     /// Hand the complete spooled object back.
     Return,
-}
-
-/// An object the writer finishes on its own: the response to send for
-/// either outcome, and the report once it went out.
-pub trait Completion: Send {
-    fn key(&self) -> &ObjectKey;
-    /// The encoded response PDU for this outcome (`None`: nothing can be
-    /// sent, the connection is closed).
-    fn response(&self, outcome: &Result<Stored, WriteError>) -> Option<Vec<u8>>;
-    /// Counters, log lines, events: called after the response was sent.
-    fn conclude(self: Box<Self>, outcome: Result<Stored, WriteError>);
 }
 
 /// The result of finishing an object.
@@ -93,8 +69,6 @@ pub trait Completion: Send {
 pub enum Finished {
     Published(Stored),
     Spooled(Spooled),
-    /// Handled by its [`Completion`].
-    Completed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +102,6 @@ enum Job {
 pub struct Writer {
     route: Route,
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
-    completes: bool,
 }
 
 /// Where a writer's jobs run.
@@ -149,31 +122,18 @@ pub enum Placement {
 }
 
 impl Writer {
-    /// Start a writer. With `peer` (a duplicate of a plain TCP connection's
-    /// descriptor, the peer given `send_timeout` to take each response) and
-    /// a backend that publishes with plain file operations, the writer can
-    /// complete objects by itself ([`Then::Complete`]).
+    /// Start a writer (a thread, for [`Placement::OwnThread`]).
     pub fn start(
         place: SpoolPlace,
         storage: Arc<dyn Storage>,
-        peer: Option<OwnedFd>,
-        send_timeout: Option<Duration>,
         placement: Placement,
     ) -> io::Result<Writer> {
         let spare = Arc::new(Mutex::new(Vec::new()));
-        // Inline, the association answers and reports itself (it can wait
-        // for room in the event queue; a blocking wait inside its runtime
-        // could not).
-        let completes = peer.is_some()
-            && storage.blocking_publisher().is_some()
-            && placement == Placement::OwnThread;
         let work = FileWork {
             place,
             storage,
             spare: spare.clone(),
             current: None,
-            peer,
-            send_timeout,
         };
         let route = match placement {
             Placement::Inline => Route::Inline(Arc::new(Mutex::new(work))),
@@ -185,17 +145,7 @@ impl Writer {
                 Route::Thread(tx)
             }
         };
-        Ok(Writer {
-            route,
-            spare,
-            completes,
-        })
-    }
-
-    /// Whether [`Then::Complete`] is available: the writer holds the
-    /// connection and the backend publishes without the runtime.
-    pub fn completes(&self) -> bool {
-        self.completes
+        Ok(Writer { route, spare })
     }
 
     /// An empty buffer, reused when one is free.
@@ -237,14 +187,6 @@ impl Writer {
         tail: Vec<u8>,
         then: Then,
     ) -> Result<Finished, WriteError> {
-        let done = self.hand_over(seq, tail, then).await?;
-        done.await.map_err(|_| WriteError::Gone)?
-    }
-
-    /// Hand over the end of object `seq` without waiting for it; the
-    /// returned receiver resolves once the writer is done with it (and with
-    /// every job before it).
-    pub async fn hand_over(&self, seq: u64, tail: Vec<u8>, then: Then) -> Result<Done, WriteError> {
         let (reply, done) = oneshot::channel();
         self.run(Job::Finish {
             seq,
@@ -253,12 +195,9 @@ impl Writer {
             reply,
         })
         .await?;
-        Ok(done)
+        done.await.map_err(|_| WriteError::Gone)?
     }
 }
-
-/// Resolves when a finish job is done.
-pub type Done = oneshot::Receiver<Result<Finished, WriteError>>;
 
 /// The object being written, or why it cannot be.
 struct Current {
@@ -272,51 +211,6 @@ struct FileWork {
     storage: Arc<dyn Storage>,
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
     current: Option<Current>,
-    /// The association's connection (its own descriptor), when plain TCP.
-    peer: Option<OwnedFd>,
-    /// How long the peer may take to accept a response.
-    send_timeout: Option<Duration>,
-}
-
-/// Send all of `bytes` on the (non-blocking) socket, waiting up to
-/// `timeout` each time it is full. False if the peer did not take it all.
-fn send_all(peer: &OwnedFd, bytes: &[u8], timeout: Option<Duration>) -> bool {
-    let wait_ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
-    let mut sent = 0;
-    while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
-        // SAFETY: the descriptor is owned and open for the call; the buffer
-        // is valid for `rest.len()` bytes; MSG_NOSIGNAL keeps a closed
-        // connection from raising SIGPIPE.
-        let n = unsafe {
-            libc::send(
-                peer.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if let Ok(n) = usize::try_from(n) {
-            sent += n;
-            continue;
-        }
-        match io::Error::last_os_error().kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => {
-                let mut poll = libc::pollfd {
-                    fd: peer.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                let ready = unsafe { libc::poll(&mut poll, 1, wait_ms) };
-                if ready <= 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
-    }
-    true
 }
 
 impl FileWork {
@@ -409,23 +303,6 @@ impl FileWork {
                 Ok(Finished::Published(self.publish(object?, &key)?))
             }
             Then::Publish { .. } => Ok(Finished::Spooled(object?)),
-            Then::Complete(completion) => {
-                let outcome = object.and_then(|o| self.publish(o, completion.key()));
-                let answered = match (completion.response(&outcome), &self.peer) {
-                    (Some(bytes), Some(peer)) => send_all(peer, &bytes, self.send_timeout),
-                    _ => false,
-                };
-                if !answered {
-                    // The peer is gone or stuck: end the association (its
-                    // task sees the connection fail), the outcome stands.
-                    if let Some(peer) = &self.peer {
-                        // SAFETY: shutting down an owned, open socket.
-                        unsafe { libc::shutdown(peer.as_raw_fd(), libc::SHUT_RDWR) };
-                    }
-                }
-                completion.conclude(outcome);
-                Ok(Finished::Completed)
-            }
         }
     }
 }
@@ -434,26 +311,6 @@ impl FileWork {
 mod tests {
     use super::*;
     use crate::storage::fs::FilesystemStorage;
-    use std::io::Read;
-    use std::sync::mpsc as std_mpsc;
-
-    /// Answers `OK`/`NO` and reports the outcome on a channel.
-    struct Probe {
-        key: ObjectKey,
-        told: std_mpsc::Sender<Result<Stored, String>>,
-    }
-
-    impl Completion for Probe {
-        fn key(&self) -> &ObjectKey {
-            &self.key
-        }
-        fn response(&self, outcome: &Result<Stored, WriteError>) -> Option<Vec<u8>> {
-            Some(if outcome.is_ok() { b"OK" } else { b"NO" }.to_vec())
-        }
-        fn conclude(self: Box<Self>, outcome: Result<Stored, WriteError>) {
-            let _ = self.told.send(outcome.map_err(|e| e.to_string()));
-        }
-    }
 
     fn key(sop: &str) -> ObjectKey {
         ObjectKey {
@@ -463,121 +320,34 @@ mod tests {
         }
     }
 
-    /// Hand object `seq` over with `tail` and a probe for `sop`.
-    async fn complete(
-        writer: &Writer,
-        seq: u64,
-        tail: &[u8],
-        sop: &str,
-        told: &std_mpsc::Sender<Result<Stored, String>>,
-    ) -> Done {
-        let probe = Probe {
-            key: key(sop),
-            told: told.clone(),
-        };
-        writer
-            .hand_over(seq, tail.to_vec(), Then::Complete(Box::new(probe)))
-            .await
-            .unwrap()
-    }
-
-    /// A writer storing under `dir`, with a (non-blocking) socket to answer
-    /// on; the other end for the test.
-    fn writer_with_peer(
-        dir: &std::path::Path,
-        placement: Placement,
-    ) -> (Writer, std::os::unix::net::UnixStream) {
+    fn writer(dir: &std::path::Path, placement: Placement) -> Writer {
         let storage = FilesystemStorage::new(dir).unwrap();
         let place = SpoolPlace {
             dir: storage.spool_dir().to_path_buf(),
             anonymous: storage.anonymous_spool(),
         };
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let writer = Writer::start(
-            place,
-            Arc::new(storage),
-            Some(OwnedFd::from(ours)),
-            Some(Duration::from_secs(5)),
-            placement,
-        )
-        .unwrap();
-        (writer, theirs)
+        Writer::start(place, Arc::new(storage), placement).unwrap()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn completes_objects_on_its_own() {
+    /// Either way: pieces, then the tail, published; a discarded object
+    /// leaves nothing behind; a failure to publish is an error.
+    async fn writes_publishes_and_fails(placement: Placement) {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, mut theirs) = writer_with_peer(dir.path(), Placement::OwnThread);
-        assert!(writer.completes());
-        let (told, reports) = std_mpsc::channel();
-
-        // written in pieces, then published, answered and reported
-        let mut first = writer.buffer();
-        first.extend_from_slice(&[7u8; 200_000]);
-        writer.piece(1, first).await.unwrap();
-        let done = complete(&writer, 1, b"tail", "1.2.3.4", &told).await;
-        assert!(matches!(done.await, Ok(Ok(Finished::Completed))));
-        let mut got = [0u8; 2];
-        theirs.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"OK");
-        let stored = reports.recv().unwrap().unwrap();
-        let data = std::fs::read(&stored.location).unwrap();
-        assert_eq!(data.len(), 200_004);
-        assert!(data.ends_with(b"tail"));
-
-        // an object that cannot be published (the output folder became a
-        // file): the failure is answered and reported
+        let writer = writer(dir.path(), placement);
         let mut piece = writer.buffer();
-        piece.extend_from_slice(&[1u8; 1000]);
-        writer.piece(2, piece).await.unwrap();
-        std::fs::remove_dir_all(dir.path()).unwrap();
-        std::fs::write(dir.path(), b"not a folder").unwrap();
-        let done = complete(&writer, 2, b"x", "1.2.3.5", &told).await;
-        assert!(done.await.is_ok());
-        theirs.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"NO");
-        assert!(reports.recv().unwrap().is_err());
-
-        // a peer that is gone: reported all the same, no signal
-        drop(theirs);
-        let done = complete(&writer, 3, b"small", "1.2.3.6", &told).await;
-        assert!(done.await.is_ok());
-        assert!(reports.recv().is_ok());
-        std::fs::remove_file(dir.path()).unwrap();
-    }
-
-    /// Inline, jobs run on the caller's thread before the call returns, and
-    /// the writer does not answer the peer itself (the association does).
-    #[tokio::test(flavor = "current_thread")]
-    async fn inline_writer_works_on_the_callers_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, _theirs) = writer_with_peer(dir.path(), Placement::Inline);
-        assert!(!writer.completes());
-
-        let mut piece = writer.buffer();
-        piece.extend_from_slice(&[5u8; 70_000]);
+        piece.extend_from_slice(&[5u8; 200_000]);
         writer.piece(1, piece).await.unwrap();
-        // the piece is written already: its buffer is back for reuse
-        assert!(writer.buffer().capacity() >= 70_000);
-        let done = writer
-            .hand_over(
-                1,
-                b"end".to_vec(),
-                Then::Publish {
-                    key: key("1.2.3.9"),
-                },
-            )
-            .await
-            .unwrap();
-        let Ok(Ok(Finished::Published(stored))) = done.await else {
+        let then = Then::Publish {
+            key: key("1.2.3.4"),
+        };
+        let Finished::Published(stored) = writer.finish(1, b"end".to_vec(), then).await.unwrap()
+        else {
             panic!("not published");
         };
         let data = std::fs::read(&stored.location).unwrap();
-        assert_eq!(data.len(), 70_003);
+        assert_eq!(data.len(), 200_003);
         assert!(data.ends_with(b"end"));
 
-        // a discarded object leaves nothing behind
         writer.piece(2, vec![1u8; 10]).await.unwrap();
         writer.discard(2).await;
         let finished = writer.finish(2, b"x".to_vec(), Then::Return).await.unwrap();
@@ -585,5 +355,37 @@ mod tests {
             panic!("the discarded object's spool file was kept");
         };
         assert_eq!(only_tail, b"x");
+
+        // the output folder became a file: publishing fails
+        writer.piece(3, vec![1u8; 1000]).await.unwrap();
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path(), b"not a folder").unwrap();
+        let then = Then::Publish {
+            key: key("1.2.3.5"),
+        };
+        assert!(writer.finish(3, b"y".to_vec(), then).await.is_err());
+        std::fs::remove_file(dir.path()).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writer_thread_writes_and_publishes() {
+        writes_publishes_and_fails(Placement::OwnThread).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn inline_writer_writes_and_publishes() {
+        writes_publishes_and_fails(Placement::Inline).await;
+    }
+
+    /// Inline, a job is done before the call returns.
+    #[tokio::test(flavor = "current_thread")]
+    async fn inline_writer_works_on_the_callers_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(dir.path(), Placement::Inline);
+        let mut piece = writer.buffer();
+        piece.extend_from_slice(&[5u8; 70_000]);
+        writer.piece(1, piece).await.unwrap();
+        // the piece is written already: its buffer is back for reuse
+        assert!(writer.buffer().capacity() >= 70_000);
     }
 }
