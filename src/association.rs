@@ -481,9 +481,19 @@ impl Session {
     ) -> Result<(), End> {
         let bytes =
             pdu::encode_pdata(context_id, true, command).map_err(|e| End::Io(e.to_string()))?;
-        io.write_all(&bytes)
-            .await
-            .map_err(|e| End::Io(e.to_string()))
+        self.answer(io, &bytes).await
+    }
+
+    /// Send a response; a peer that does not take it within the DIMSE
+    /// timeout (it stopped reading) is disconnected.
+    async fn answer<S: Stream>(&self, io: &mut Io<S>, bytes: &[u8]) -> Result<(), End> {
+        match timed(self.ctx.config.dimse_timeout, io.write_all(bytes)).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(End::Io(e.to_string())),
+            None => Err(End::Io(
+                "the peer did not take a response within the DIMSE timeout".into(),
+            )),
+        }
     }
 
     async fn on_pdv<S: Stream>(&mut self, io: &mut Io<S>, pdv: pdu::Pdv<'_>) -> Result<(), End> {
@@ -754,10 +764,7 @@ impl Session {
         };
         // Answer first, then tell Python: the sender never waits for listeners.
         let sent = match report.response_for(&outcome) {
-            Some(bytes) => io
-                .write_all(&bytes)
-                .await
-                .map_err(|e| End::Io(e.to_string())),
+            Some(bytes) => self.answer(io, &bytes).await,
             None => Err(End::Io("cannot encode the C-STORE response".into())),
         };
         report.conclude(outcome).deliver().await;
@@ -796,7 +803,7 @@ impl Session {
         if we_spoke_last {
             pdu::close_after_last_pdu(io).await;
         } else {
-            let _ = io.shutdown().await;
+            pdu::shut_down_quietly(io).await;
         }
         let level = match end {
             End::Abort(..) | End::Io(_) => Level::Warning,

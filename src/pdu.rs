@@ -394,7 +394,7 @@ pub const ARTIM: std::time::Duration = std::time::Duration::from_secs(2);
 /// to [`ARTIM`]) for the peer to close first, discarding anything it still
 /// sends, so that our last PDU is never lost to a reset.
 pub async fn close_after_last_pdu<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    let _ = stream.flush().await;
+    let _ = tokio::time::timeout(ARTIM, stream.flush()).await;
     let mut sink = [0u8; 2048];
     let _ = tokio::time::timeout(ARTIM, async {
         while let Ok(n) = stream.read(&mut sink).await {
@@ -404,15 +404,25 @@ pub async fn close_after_last_pdu<S: AsyncRead + AsyncWrite + Unpin>(stream: &mu
         }
     })
     .await;
-    let _ = stream.shutdown().await;
+    shut_down_quietly(stream).await;
 }
 
-/// Best effort: send a PDU, ignoring errors (used on the way out).
+/// Best effort: send a PDU, ignoring errors (used on the way out). A peer
+/// that does not read gets [`ARTIM`] to take it.
 pub async fn send_quietly<W: AsyncWrite + Unpin>(stream: &mut W, pdu: &Pdu) {
     if let Ok(bytes) = encode(pdu) {
-        let _ = stream.write_all(&bytes).await;
-        let _ = stream.flush().await;
+        let _ = tokio::time::timeout(ARTIM, async {
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.flush().await;
+        })
+        .await;
     }
+}
+
+/// Best effort: shut the connection down (a TLS close_notify included,
+/// which a peer that does not read gets [`ARTIM`] to take).
+pub async fn shut_down_quietly<W: AsyncWrite + Unpin>(stream: &mut W) {
+    let _ = tokio::time::timeout(ARTIM, stream.shutdown()).await;
 }
 
 #[cfg(test)]

@@ -91,9 +91,26 @@ class Accepted:
     transfer_syntax: str
 
 
+def c_echo_rq(msg_id: int) -> bytes:
+    body = _element(0x0000, 0x0002, _uid("1.2.840.10008.1.1"))
+    body += _element(0x0000, 0x0100, struct.pack("<H", 0x0030))
+    body += _element(0x0000, 0x0110, struct.pack("<H", msg_id))
+    body += _element(0x0000, 0x0800, struct.pack("<H", 0x0101))
+    return _element(0x0000, 0x0000, struct.pack("<I", len(body))) + body
+
+
 class RawAssociation:
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, host: str, port: int, timeout: float = 10.0, rcvbuf: int | None = None
+    ) -> None:
+        if rcvbuf is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        else:
+            # a small receive buffer, set before connecting (the window)
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer_max_pdu = 0
         self.accepted: dict[int, Accepted] = {}

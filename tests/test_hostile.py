@@ -4,7 +4,9 @@ answered on) that association only, and a normal C-STORE works right after."""
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
+from typing import Callable
 
 import pydicom
 import pytest
@@ -17,8 +19,18 @@ from conftest import (
     dcmtk_wire_bytes,
     stored_files,
     storescu,
+    wait_until,
 )
-from rawdul import EXPLICIT_LE, IMPLICIT_LE, RawAssociation, _element, _pdu, c_store_rq, p_data
+from rawdul import (
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    RawAssociation,
+    _element,
+    _pdu,
+    c_echo_rq,
+    c_store_rq,
+    p_data,
+)
 
 VERIFICATION = "1.2.840.10008.1.1"
 RAW_AE = "HOSTILE"
@@ -130,4 +142,39 @@ def test_other_dimse_commands_get_unrecognized_operation(
     finally:
         assoc.close()
     assert run.log.get("OnFileStored") == []
+    _then_store_works(run, corpus)
+
+
+def test_a_peer_that_stops_reading_responses_is_disconnected(
+    scp_factory: Callable[..., RunningScp],
+    corpus: dict[str, Prepared],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Requests keep coming, responses are never read: once the server cannot
+    hand over a response for the DIMSE timeout, it drops the association
+    (instead of holding it, and its slot, for ever)."""
+    run = scp_factory(dimse_timeout=1)
+    assoc = RawAssociation(HOST, run.port, timeout=20, rcvbuf=4096)
+    assoc.associate(RAW_AE, SCP_AE, [(3, VERIFICATION, [IMPLICIT_LE])])
+    echo = p_data(3, c_echo_rq(1), command=True, last=True)
+    started = time.monotonic()
+    sent = 0
+    with pytest.raises(ConnectionError):
+        # the server stops reading once its responses back up, then the
+        # connection is reset under us (a send timeout would not do)
+        while time.monotonic() - started < 30:
+            assoc.sock.sendall(echo * 64)
+            sent += 64
+    assert sent > 64, "the server never answered a request"
+    # what the server sent before it gave up is readable, then the end
+    with pytest.raises(ConnectionError):
+        while True:
+            assoc.read_pdu()
+    assoc.close()
+    assert wait_until(lambda: run.scp.stats()["associations_open"] == 0)
+
+    def logged() -> bool:
+        return any("within the DIMSE timeout" in r.getMessage() for r in caplog.records)
+
+    assert wait_until(logged), [r.getMessage() for r in caplog.records][-5:]
     _then_store_works(run, corpus)
