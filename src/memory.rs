@@ -19,8 +19,9 @@
 //! Trimming cannot return pages that still hold a live chunk, and every
 //! arena keeps some: glibc gives each new thread its own arena up to eight
 //! per core, and the threads of a 50-association burst (which also build
-//! events and study records) spread their allocations over all of them. The soak measured +16 to +20 MiB after trimming with the default,
-//! +6 to +10 with 4 arenas. So the first server started caps the arenas at
+//! events and study records) spread their allocations over all of them.
+//! The soak measured +16 to +20 MiB after trimming with the default, +6 to
+//! +10 with 4 arenas. So the first server started caps the arenas at
 //! [`ARENAS`] (`mallopt(M_ARENA_MAX)`), unless `MALLOC_ARENA_MAX` is set in
 //! the environment, which glibc reads itself and which then wins.
 
