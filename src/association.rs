@@ -451,6 +451,12 @@ impl Session {
                 }
             }
             reader.shrink(self.ctx.config.max_pdu_length as usize + pdu::HEADER_LEN);
+            if !reader.has_pdu() {
+                // About to wait for the peer: write what came meanwhile.
+                if let Some(r) = self.receiving.as_mut() {
+                    r.incoming.flush().await;
+                }
+            }
             reader.expect_at_least(self.owed());
         }
     }

@@ -73,6 +73,17 @@ const MIN_PDU: usize = 10;
 /// to hold it).
 const MAX_LOW_WATER: usize = 256 * 1024;
 
+/// Most of a data set's announced bytes waited for at once: the reader wakes
+/// after each such stretch to write it while the sender sends the next, so
+/// that little is left to write once the last fragment is in (the sender
+/// waits for the response then).
+const MAX_ANNOUNCED_WAIT: usize = 64 * 1024;
+
+/// Announced bytes not waited for together with the rest: about one PDU at
+/// the default maximum length, so that the data set's end (which the sender
+/// waits behind) comes on its own and finds the rest written.
+const KEEP_BACK: usize = 16 * 1024;
+
 /// How long the reader waits for bytes that the data set announced (see
 /// [`PduReader::expect_at_least`]) before it settles for what the protocol
 /// guarantees.
@@ -161,6 +172,21 @@ impl PduReader {
     /// was wrong. Applies to the next read only.
     pub fn expect_at_least(&mut self, bytes: u64) {
         self.announced = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
+
+    /// Whether the next [`PduReader::read`] returns a PDU already received,
+    /// without waiting for the socket.
+    pub fn has_pdu(&self) -> bool {
+        let start = self.start + self.handed_out;
+        let Some(&[_, _, l0, l1, l2, l3]) = self
+            .buf
+            .get(start..self.end)
+            .and_then(|b| b.first_chunk::<HEADER_LEN>())
+        else {
+            return false;
+        };
+        let length = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+        self.end - start >= HEADER_LEN.saturating_add(length)
     }
 
     /// Receive more bytes towards a PDU of `want` bytes, waking once `sure`
@@ -261,7 +287,11 @@ impl PduReader {
             self.end = 0;
         }
         let follows = std::mem::take(&mut self.follows);
-        let mut hoped = std::mem::take(&mut self.announced);
+        let announced = std::mem::take(&mut self.announced);
+        let mut hoped = match announced.checked_sub(KEEP_BACK) {
+            Some(before_the_end) if before_the_end > 0 => before_the_end.min(MAX_ANNOUNCED_WAIT),
+            _ => announced,
+        };
         while self.available() < HEADER_LEN {
             let sure = follows.max(HEADER_LEN);
             self.fill_towards(stream, HEADER_LEN, sure, &mut hoped)
@@ -685,5 +715,63 @@ mod tests {
         // the announcement held for one read only: the next waits as usual
         assert_eq!(reader.announced, 0);
         let _peer = sender.join().unwrap();
+    }
+
+    /// Whether a PDU is ready without the socket: none before any read, one
+    /// when a whole PDU follows the one handed out, none for half of one.
+    #[tokio::test]
+    async fn knows_whether_a_pdu_is_already_in() {
+        let first = fragment(100, false);
+        let second = fragment(200, true);
+        let wire = [first.clone(), second.clone(), second[..9].to_vec()].concat();
+        let mut stream = std::io::Cursor::new(wire);
+        let mut reader = PduReader::default();
+        assert!(!reader.has_pdu());
+        reader.read(&mut stream, 1 << 20).await.unwrap();
+        assert!(reader.has_pdu());
+        reader.read(&mut stream, 1 << 20).await.unwrap();
+        assert!(!reader.has_pdu());
+    }
+
+    /// A data set that announced its length wakes the reader before its end,
+    /// with about one PDU still to come, so that the end finds the rest
+    /// handled; and the stretch waited for at once is bounded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn announced_bytes_are_waited_for_short_of_the_end() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let (mut peer, ours) = connection();
+        let probe = ours.as_fd().try_clone_to_owned().unwrap();
+        let mut stream = tokio::net::TcpStream::from_std(ours).unwrap();
+        let mut reader = PduReader::with_low_water(stream.as_fd().try_clone_to_owned().unwrap());
+        let first = fragment(1000, false);
+        peer.write_all(&first).unwrap();
+        reader.read(&mut stream, 1 << 20).await.unwrap();
+
+        let cases: [(u64, usize); 3] = [
+            // far from the end: at most MAX_ANNOUNCED_WAIT at once
+            (1 << 20, MAX_ANNOUNCED_WAIT),
+            // near it: all but the last KEEP_BACK bytes
+            (40_000, 40_000 - KEEP_BACK),
+            // the end alone: all of it
+            (KEEP_BACK as u64, KEEP_BACK),
+        ];
+        for (announced, expected) in cases {
+            reader.expect_at_least(announced);
+            let sender = std::thread::spawn({
+                let probe = probe.try_clone().unwrap();
+                let mut peer = peer.try_clone().unwrap();
+                move || {
+                    // well within the grace period
+                    std::thread::sleep(Duration::from_millis(5));
+                    let mark = low_water(&probe);
+                    peer.write_all(&fragment(expected + 100, false)).unwrap();
+                    mark
+                }
+            });
+            let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+            assert_eq!(pdu.bytes.len(), expected + 100 + P_DATA_HEAD);
+            assert_eq!(sender.join().unwrap(), expected);
+        }
     }
 }

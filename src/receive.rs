@@ -24,6 +24,9 @@ pub const SPILL_THRESHOLD: usize = 1024 * 1024;
 /// waits for that) and each piece is written while still in the cache.
 pub const STREAM_CHUNK: usize = 128 * 1024;
 
+/// Least [`Incoming::flush`] writes.
+const FLUSH_MIN: usize = 16 * 1024;
+
 /// Past this size an object is written in [`SPILL_THRESHOLD`] pieces.
 const LARGE_OBJECT: u64 = 4 * 1024 * 1024;
 
@@ -155,6 +158,24 @@ impl Incoming {
         }
     }
 
+    /// Write what is buffered of an object already being written while it
+    /// arrives, when there is enough of it: called while the connection has
+    /// nothing more to read, so that the object's end finds little to write.
+    pub async fn flush(&mut self) {
+        if self.head.is_none() || self.error.is_some() || self.buf.len() < FLUSH_MIN {
+            return;
+        }
+        self.write_buffered().await;
+    }
+
+    async fn write_buffered(&mut self) {
+        let piece = std::mem::replace(&mut self.buf, self.writer.buffer());
+        if let Err(e) = self.writer.piece(self.seq, piece).await {
+            self.error = Some(e);
+            self.buf.clear();
+        }
+    }
+
     /// Append a fragment. A failure is remembered (and the rest of the
     /// object discarded) so that the association can still read the object
     /// to its end and answer with a failure status.
@@ -170,11 +191,7 @@ impl Incoming {
                 let end = start.saturating_add(HEAD_LEN).min(self.buf.len());
                 self.head = Some(self.buf.get(start..end).unwrap_or_default().to_vec());
             }
-            let piece = std::mem::replace(&mut self.buf, self.writer.buffer());
-            if let Err(e) = self.writer.piece(self.seq, piece).await {
-                self.error = Some(e);
-                self.buf.clear();
-            }
+            self.write_buffered().await;
         }
     }
 }
@@ -483,6 +500,38 @@ mod tests {
         }
         // dropped spool files are removed
         assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    }
+
+    /// Between fragments (the connection has nothing more yet) an object
+    /// being written as it arrives writes what it holds, if worth a write;
+    /// one kept in memory stays there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_writes_what_came_of_an_object_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, _) = writer(dir.path());
+        let mut small = Incoming::new(w.clone(), 1, SPILL_THRESHOLD, Vec::new());
+        small.push(&[1u8; 100_000]).await;
+        small.flush().await;
+        assert_eq!(small.buf.len(), 100_000);
+        drop(small);
+
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
+        let mut big = Incoming::new(w.clone(), 2, STREAM_CHUNK, Vec::new());
+        big.push(&data[..STREAM_CHUNK + 1]).await;
+        assert!(big.buf.is_empty());
+        big.push(&data[STREAM_CHUNK + 1..STREAM_CHUNK + 1000]).await;
+        big.flush().await;
+        // too little to be worth a write
+        assert_eq!(big.buf.len(), 999);
+        big.push(&data[STREAM_CHUNK + 1000..STREAM_CHUNK + 40_000])
+            .await;
+        big.flush().await;
+        assert!(big.buf.is_empty());
+        big.push(&data[STREAM_CHUNK + 40_000..]).await;
+        match finish(big).await {
+            Spooled::File(f) => assert!(std::fs::read(f.path().unwrap()).unwrap() == data),
+            Spooled::Memory(_) => panic!("should have been written"),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
