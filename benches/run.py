@@ -408,18 +408,27 @@ def warm_up_group(
     warm: Path,
     logs: Path,
     skipped: dict[str, str],
+    keep: list[Path] | None = None,
 ) -> None:
     """One untimed pass of the group's data set, with dcmtk if it runs here."""
     names = [n for n in ("dcmtk-fork", *g.receivers) if n in RECEIVERS and n not in skipped]
     if not names or g.sender in skipped:
         return
     with contextlib.suppress(Skip):
-        run_once(RECEIVERS[names[0]], sender, data, storage_root, warm, logs)
+        run_once(RECEIVERS[names[0]], sender, data, storage_root, warm, logs, keep)
 
 
 def run_once(
-    receiver: Receiver, sender: Sender, data: Data, storage_root: Path, warm: Path, logs: Path
+    receiver: Receiver,
+    sender: Sender,
+    data: Data,
+    storage_root: Path,
+    warm: Path,
+    logs: Path,
+    keep: list[Path] | None = None,
 ) -> dict[str, Any]:
+    """One timed run. What the receiver stored is removed afterwards, or,
+    with ``keep``, left until the caller removes the directories it lists."""
     # a name never used before: see spread_directories
     run_dir = storage_root / f"{receiver.name}-{time.time_ns():x}"
     out = run_dir / "store"
@@ -507,7 +516,10 @@ def run_once(
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            keep.append(run_dir)
 
 
 # ---------------------------------------------------------------- plan, aggregation, output
@@ -733,9 +745,10 @@ def spread_directories(root: Path) -> bool:
     """Mark ``root`` as the top of a directory hierarchy (ext4 ``chattr +T``)
     so that each run's directory (named anew each time: ext4 picks a
     top-level directory's block group from a hash of its name) is placed in
-    a block group of its own.
+    a block group of its own (the caller also keeps what disk runs store
+    until the end of the benchmark).
 
-    Every run deletes what the previous one stored. ext4 without a journal
+    When every run deleted what the previous one stored, ext4 without a journal
     (as on this project's test machines) skips inodes freed in the last minute
     or more when it allocates one (``find_inode_bit``/``recently_deleted`` in
     fs/ext4/ialloc.c), checking them one by one: in the block group that held
@@ -926,11 +939,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done = 0
     skipped: dict[str, str] = dict(unavailable)
     t_start = time.monotonic()
+    # Files stored on disk stay until the end (see spread_directories), but
+    # for the big object's (one inode per run, and a gigabyte each).
+    kept: list[Path] = []
     try:
         for g in groups:
             data = datasets[g.dataset]
             sender = SENDERS[g.sender]
-            warm_up_group(g, sender, data, storage[g.storage], warm, logs, skipped)
+            keep = kept if g.storage == "disk" and g.dataset != "big" else None
+            warm_up_group(g, sender, data, storage[g.storage], warm, logs, skipped, keep)
             for rep in range(args.repeat):
                 for name in g.receivers:
                     done += 1
@@ -940,7 +957,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         runs.append({"ok": False, "skipped": why})
                         continue
                     try:
-                        r = run_once(RECEIVERS[name], sender, data, storage[g.storage], warm, logs)
+                        r = run_once(
+                            RECEIVERS[name], sender, data, storage[g.storage], warm, logs, keep
+                        )
                     except Skip as e:
                         skipped[name] = str(e)
                         runs.append({"ok": False, "skipped": str(e)})
@@ -962,6 +981,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         os.sync()
     finally:
         shutil.rmtree(tmpfs_root, ignore_errors=True)
+        for run_dir in kept:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     rows = [row for g in groups for row in summarise(g)]
     print_table(rows, datasets, sys.stdout)

@@ -79,6 +79,11 @@ const MAX_LOW_WATER: usize = 256 * 1024;
 /// waits for the response then).
 const MAX_ANNOUNCED_WAIT: usize = 64 * 1024;
 
+/// Past this many announced bytes (a large object far from its end) the
+/// reader waits for up to [`MAX_LOW_WATER`] at once: fewer wake-ups, and the
+/// end is still far.
+const FAR_FROM_THE_END: usize = 1024 * 1024;
+
 /// Announced bytes not waited for together with the rest: about one PDU at
 /// the default maximum length, so that the data set's end (which the sender
 /// waits behind) comes on its own and finds the rest written.
@@ -289,7 +294,14 @@ impl PduReader {
         let follows = std::mem::take(&mut self.follows);
         let announced = std::mem::take(&mut self.announced);
         let mut hoped = match announced.checked_sub(KEEP_BACK) {
-            Some(before_the_end) if before_the_end > 0 => before_the_end.min(MAX_ANNOUNCED_WAIT),
+            Some(before_the_end) if before_the_end > 0 => {
+                let stretch = if announced > FAR_FROM_THE_END {
+                    MAX_LOW_WATER
+                } else {
+                    MAX_ANNOUNCED_WAIT
+                };
+                before_the_end.min(stretch)
+            }
             _ => announced,
         };
         while self.available() < HEADER_LEN {
@@ -748,8 +760,10 @@ mod tests {
         peer.write_all(&first).unwrap();
         reader.read(&mut stream, 1 << 20).await.unwrap();
 
-        let cases: [(u64, usize); 3] = [
-            // far from the end: at most MAX_ANNOUNCED_WAIT at once
+        let cases: [(u64, usize); 4] = [
+            // far from the end of a large object: at most MAX_LOW_WATER
+            (4 << 20, MAX_LOW_WATER),
+            // less far: at most MAX_ANNOUNCED_WAIT at once
             (1 << 20, MAX_ANNOUNCED_WAIT),
             // near it: all but the last KEEP_BACK bytes
             (40_000, 40_000 - KEEP_BACK),

@@ -161,8 +161,13 @@ impl Incoming {
     /// Write what is buffered of an object already being written while it
     /// arrives, when there is enough of it: called while the connection has
     /// nothing more to read, so that the object's end finds little to write.
+    /// Large objects keep their large pieces: one tail matters little there.
     pub async fn flush(&mut self) {
-        if self.head.is_none() || self.error.is_some() || self.buf.len() < FLUSH_MIN {
+        if self.head.is_none()
+            || self.error.is_some()
+            || self.buf.len() < FLUSH_MIN
+            || self.len > LARGE_OBJECT
+        {
             return;
         }
         self.write_buffered().await;
@@ -532,6 +537,16 @@ mod tests {
             Spooled::File(f) => assert!(std::fs::read(f.path().unwrap()).unwrap() == data),
             Spooled::Memory(_) => panic!("should have been written"),
         }
+
+        // past LARGE_OBJECT an object keeps its large pieces
+        let mut large = Incoming::new(w.clone(), 3, STREAM_CHUNK, Vec::new());
+        for _ in 0..(LARGE_OBJECT as usize / data.len() + 1) {
+            large.push(&data).await;
+        }
+        let held = large.buf.len();
+        assert!(held >= FLUSH_MIN);
+        large.flush().await;
+        assert_eq!(large.buf.len(), held);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
