@@ -631,6 +631,23 @@ mod tests {
         (peer, ours)
     }
 
+    /// A loopback connection read through a low-water reader: the peer's
+    /// end, a descriptor of ours to read the mark through, our stream and
+    /// the reader. Inside a tokio runtime.
+    fn watched() -> (
+        std::net::TcpStream,
+        std::os::fd::OwnedFd,
+        tokio::net::TcpStream,
+        PduReader,
+    ) {
+        use std::os::fd::AsFd;
+        let (peer, ours) = connection();
+        let probe = ours.as_fd().try_clone_to_owned().unwrap();
+        let stream = tokio::net::TcpStream::from_std(ours).unwrap();
+        let reader = PduReader::with_low_water(stream.as_fd().try_clone_to_owned().unwrap());
+        (peer, probe, stream, reader)
+    }
+
     /// Over a real connection: while a PDU is incomplete the low-water mark
     /// asks for its rest (and, after a fragment that is not the last, the
     /// smallest PDU that must follow), never more, so that a peer that
@@ -638,11 +655,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn low_water_mark_waits_for_what_the_peer_owes() {
         use std::io::Write;
-        use std::os::fd::AsFd;
-        let (mut peer, ours) = connection();
-        let probe = ours.as_fd().try_clone_to_owned().unwrap();
-        let mut stream = tokio::net::TcpStream::from_std(ours).unwrap();
-        let mut reader = PduReader::with_low_water(stream.as_fd().try_clone_to_owned().unwrap());
+        let (mut peer, probe, mut stream, mut reader) = watched();
 
         let first = fragment(16_372, false);
         let second = fragment(100, true);
@@ -751,11 +764,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn announced_bytes_are_waited_for_short_of_the_end() {
         use std::io::Write;
-        use std::os::fd::AsFd;
-        let (mut peer, ours) = connection();
-        let probe = ours.as_fd().try_clone_to_owned().unwrap();
-        let mut stream = tokio::net::TcpStream::from_std(ours).unwrap();
-        let mut reader = PduReader::with_low_water(stream.as_fd().try_clone_to_owned().unwrap());
+        let (mut peer, probe, mut stream, mut reader) = watched();
         let first = fragment(1000, false);
         peer.write_all(&first).unwrap();
         reader.read(&mut stream, 1 << 20).await.unwrap();
