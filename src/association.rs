@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dicom_object::FileMetaTableBuilder;
 use dicom_ul::pdu::{
@@ -147,6 +147,37 @@ async fn timed<T>(limit: Option<Duration>, fut: impl std::future::Future<Output 
     match limit {
         Some(d) => tokio::time::timeout(d, fut).await.ok(),
         None => Some(fut.await),
+    }
+}
+
+/// How long the next read may wait, and whether running out of it only ends
+/// a stretch. While a message is in progress (`busy`): the DIMSE timeout.
+/// Between messages: what is left of the idle timeout (the line has been
+/// quiet for `quiet`), in stretches no longer than the DIMSE timeout, so that
+/// the timer never moves earlier when a message starts (tokio wakes its I/O
+/// driver through an eventfd for that: a write and a spare `epoll_wait` per
+/// object).
+fn next_wait(
+    busy: bool,
+    quiet: Duration,
+    idle: Option<Duration>,
+    dimse: Option<Duration>,
+) -> (Option<Duration>, bool) {
+    if busy {
+        return (dimse, false);
+    }
+    match (idle, dimse) {
+        (idle, Some(stretch)) if stretch.is_zero() => (idle, false),
+        (None, Some(stretch)) => (Some(stretch), true),
+        (Some(idle), Some(stretch)) => {
+            let left = idle.saturating_sub(quiet);
+            if left > stretch {
+                (Some(stretch), true)
+            } else {
+                (Some(left), false)
+            }
+        }
+        (idle, None) => (idle, false),
     }
 }
 
@@ -367,13 +398,16 @@ impl Session {
         shutdown: &mut watch::Receiver<bool>,
     ) -> End {
         let limit = self.ctx.config.pdu_limit();
+        let mut quiet_since = Instant::now();
         loop {
             let busy = self.busy();
-            let timeout = if busy {
-                self.ctx.config.dimse_timeout
-            } else {
-                self.ctx.config.idle_timeout
-            };
+            let config = &self.ctx.config;
+            let (timeout, stretch) = next_wait(
+                busy,
+                quiet_since.elapsed(),
+                config.idle_timeout,
+                config.dimse_timeout,
+            );
             let read = timed(timeout, reader.read(io, limit));
             let result = if busy {
                 // An object in flight is finished even when the server stops.
@@ -389,6 +423,8 @@ impl Session {
                 }
             };
             let raw = match result {
+                // idle, and the idle timeout not over yet
+                None if stretch => continue,
                 None => {
                     return End::Abort(
                         AbortRQServiceProviderReason::ReasonNotSpecified,
@@ -408,6 +444,7 @@ impl Session {
                 }
                 Some(Ok(raw)) => raw,
             };
+            quiet_since = Instant::now();
             match raw.pdu_type {
                 pdu::P_DATA_TF => {
                     // Handle each PDV; the reader's buffer is borrowed, so
@@ -858,6 +895,30 @@ pub(crate) mod tests {
     use crate::storage::fs::FilesystemStorage;
     use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
     use tokio::io::AsyncReadExt;
+
+    /// The waits between messages add up to the idle timeout, each no longer
+    /// than the DIMSE timeout; within a message the DIMSE timeout holds.
+    #[test]
+    fn idle_is_waited_out_in_dimse_stretches() {
+        let s = Duration::from_secs;
+        let (idle, dimse) = (Some(s(300)), Some(s(60)));
+        assert_eq!(next_wait(true, s(10), idle, dimse), (dimse, false));
+        assert_eq!(next_wait(false, s(0), idle, dimse), (dimse, true));
+        assert_eq!(next_wait(false, s(239), idle, dimse), (dimse, true));
+        assert_eq!(next_wait(false, s(250), idle, dimse), (Some(s(50)), false));
+        assert_eq!(next_wait(false, s(400), idle, dimse), (Some(s(0)), false));
+        // an idle timeout shorter than the DIMSE one is waited at once
+        assert_eq!(
+            next_wait(false, s(0), Some(s(5)), dimse),
+            (Some(s(5)), false)
+        );
+        // no idle limit: stretches for ever; no DIMSE limit: the idle one
+        assert_eq!(next_wait(false, s(1000), None, dimse), (dimse, true));
+        assert_eq!(next_wait(false, s(0), idle, None), (idle, false));
+        assert_eq!(next_wait(false, s(0), None, None), (None, false));
+        // a zero stretch would spin
+        assert_eq!(next_wait(false, s(0), None, Some(s(0))), (None, false));
+    }
 
     pub(crate) fn context(
         out_dir: &std::path::Path,

@@ -321,6 +321,24 @@ def test_idle_timeout_aborts_idle_association(scp_factory: Callable[..., Running
     assert run.log.get("OnError") == []  # nothing was in flight
 
 
+def test_idle_timeout_longer_than_dimse_timeout_is_waited_in_full(
+    scp_factory: Callable[..., RunningScp],
+) -> None:
+    # the core waits out an idle timeout in stretches of the DIMSE timeout:
+    # the association must outlive the first stretches and end at the idle one
+    run = scp_factory(idle_timeout=2.5, dimse_timeout=0.5)
+    raw = RawAssociation(HOST, run.port)
+    try:
+        raw.associate("IDLER", SCP_AE, [(1, VERIFICATION, [IMPLICIT])])
+        started = time.monotonic()
+        pdu_type, _ = raw.read_pdu()
+        assert pdu_type == 0x07
+        assert 2.0 < time.monotonic() - started < 6
+    finally:
+        raw.close()
+    assert run.log.get("OnError") == []
+
+
 @pytest.mark.parametrize(
     ("options", "aet", "aec", "accepted", "message"),
     [
