@@ -4,11 +4,11 @@
 //! instances received since the study was last reported, and a deadline.
 //! Recording a stored instance is a short, synchronous insert, so that it
 //! can be done from whichever thread finished the object (an association's
-//! own thread, or a worker of the server's runtime) without waking anything: every new instance
-//! pushes the study's deadline to `now + study_timeout`. A timer task sleeps
-//! until the earliest deadline; since every deadline is `now + timeout`, a
-//! new instance never moves the earliest one earlier, so the timer is only
-//! woken when the first pending study appears. When a deadline passes, the
+//! own thread, or a worker of the server's runtime) without waking anything:
+//! every new instance pushes the study's deadline to `now + study_timeout`.
+//! A timer task sleeps until the earliest deadline; since every deadline is
+//! `now + timeout`, a new instance never moves the earliest one earlier, so
+//! the timer is only woken when the first pending study appears. When a deadline passes, the
 //! study is reported once (`OnStudyCompleted`) with every instance of that
 //! quiet period and forgotten; instances arriving later start a new period.
 //! `flush` reports every pending study at once (used by `stop()`).
