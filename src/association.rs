@@ -237,6 +237,10 @@ pub async fn serve_tcp(
 ) {
     use std::os::fd::AsFd;
     let reader = match stream.as_fd().try_clone_to_owned() {
+        // An association with a thread to itself may spin on its socket.
+        Ok(fd) if placement == Placement::Inline => {
+            PduReader::with_low_water(fd).spinning(crate::spin::Spinners::process())
+        }
         Ok(fd) => PduReader::with_low_water(fd),
         Err(_) => PduReader::default(),
     };
@@ -408,6 +412,7 @@ impl Session {
                 config.idle_timeout,
                 config.dimse_timeout,
             );
+            reader.mid_message(busy);
             let read = timed(timeout, reader.read(io, limit));
             let result = if busy {
                 // An object in flight is finished even when the server stops.

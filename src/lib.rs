@@ -5,6 +5,7 @@
 //! - [`negotiation`]: presentation context policy, A-ASSOCIATE-AC/RJ
 //! - [`dimse`]: command sets (C-ECHO, C-STORE) in and out
 //! - [`association`]: one association's state machine and timeouts
+//! - [`spin`]: polling the socket of a quick peer instead of sleeping
 //! - [`receive`]: gathering an object's fragments, checking it, storing it
 //! - [`writer`]: an association's blocking file work, on a thread of its own
 //! - [`storage`]: storage backends behind one trait
@@ -31,6 +32,7 @@ pub mod negotiation;
 pub mod pdu;
 pub mod receive;
 pub mod server;
+pub mod spin;
 pub mod stats;
 pub mod storage;
 pub mod study;

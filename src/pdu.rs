@@ -5,10 +5,16 @@
 //! `dicom-ul`; this module only frames them. P-DATA-TF, the hot path, is
 //! parsed here so that each fragment is a borrowed slice of one reused buffer.
 
+use std::future::Future;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::task::Poll;
+
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, PDataValue, PDataValueType, Pdu,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::spin::{Spinner, Spinners};
 
 /// PDU type codes (PS3.8 §9.3).
 pub const A_ASSOCIATE_RQ: u8 = 0x01;
@@ -111,6 +117,12 @@ pub struct PduReader {
     /// (the rest of a data set whose length is known), for the next read.
     announced: usize,
     low_water: Option<LowWater>,
+    /// Polls the socket before sleeping on it, while the peer is quick
+    /// (only with `low_water`, whose descriptor it polls).
+    spinner: Option<Spinner>,
+    /// The peer has begun a message: what the next read waits for is the
+    /// rest of it.
+    mid_message: bool,
 }
 
 /// The connection's receive low-water mark (`SO_RCVLOWAT`), kept at the
@@ -156,6 +168,8 @@ impl Default for PduReader {
             follows: 0,
             announced: 0,
             low_water: None,
+            spinner: None,
+            mid_message: false,
         }
     }
 }
@@ -169,6 +183,22 @@ impl PduReader {
             low_water: Some(LowWater { fd, set: 1 }),
             ..PduReader::default()
         }
+    }
+
+    /// Poll the socket for a short while before sleeping on it when its
+    /// peer has been quick (see [`crate::spin`]); for a reader with a
+    /// low-water mark, on a thread that serves nothing else.
+    pub fn spinning(mut self, limit: &'static Spinners) -> Self {
+        if self.low_water.is_some() {
+            self.spinner = Some(Spinner::new(limit));
+        }
+        self
+    }
+
+    /// Whether the peer has begun a message whose rest the next read waits
+    /// for (rather than for a request of the peer's choosing).
+    pub fn mid_message(&mut self, begun: bool) {
+        self.mid_message = begun;
     }
 
     /// The peer announced (in data already read) that at least `bytes` more
@@ -268,11 +298,18 @@ impl PduReader {
             let grown = want.min(self.buf.len() + READ_CHUNK);
             self.buf.resize(grown.max(self.end + 1), 0);
         }
+        // Waiting for a request (not for the rest of something begun)?
+        let request = !self.mid_message && self.available() == 0;
         let target = self
             .buf
             .get_mut(self.end..)
             .ok_or(PduError::Malformed("buffer"))?;
-        let n = stream.read(target).await?;
+        let n = match (self.spinner.as_mut(), self.low_water.as_ref()) {
+            (Some(spinner), Some(lw)) if request => {
+                read_spinning(stream, target, spinner, lw.fd.as_fd()).await?
+            }
+            _ => stream.read(target).await?,
+        };
         if n == 0 {
             return Err(PduError::Closed);
         }
@@ -349,6 +386,28 @@ impl PduReader {
             self.buf = fresh;
         }
     }
+}
+
+/// Read a request into `target`; if nothing is there yet, spin (or not, as
+/// `spinner` decides) before sleeping.
+async fn read_spinning<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    target: &mut [u8],
+    spinner: &mut Spinner,
+    fd: BorrowedFd<'_>,
+) -> std::io::Result<usize> {
+    let mut read = std::pin::pin!(stream.read(target));
+    let first = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(done) => Poll::Ready(Some(done)),
+        Poll::Pending => Poll::Ready(None),
+    });
+    if let Some(done) = first.await {
+        return done;
+    }
+    spinner.wait(fd);
+    let done = read.await;
+    spinner.arrived();
+    done
 }
 
 /// One presentation data value of a P-DATA-TF PDU.
@@ -756,6 +815,51 @@ mod tests {
         assert!(reader.has_pdu());
         reader.read(&mut stream, 1 << 20).await.unwrap();
         assert!(!reader.has_pdu());
+    }
+
+    /// Over a real connection, with a peer that sends each request when it
+    /// has the response to the one before: requests come out whole whether
+    /// the reader spins or sleeps; a peer that answers at once is waited
+    /// for spinning, and one that dawdles stops the spinning; and the rest
+    /// of a message begun is never spun for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quick_peer_is_spun_for_and_a_slow_one_slept_for() {
+        use std::io::{Read, Write};
+        use tokio::io::AsyncWriteExt;
+        let (mut peer, _probe, mut stream, reader) = watched();
+        let limit: &'static Spinners = Box::leak(Box::new(Spinners::new(1)));
+        let mut reader = reader.spinning(limit);
+        let requests: Vec<Vec<u8>> = (0..40).map(|i| fragment(100 + i, true)).collect();
+        let sent = requests.clone();
+        let sender = std::thread::spawn(move || {
+            let mut ack = [0u8; 1];
+            for (i, request) in sent.iter().enumerate() {
+                if i >= 20 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                // A message in two writes: the reader waits for its rest.
+                let (head, tail) = request.split_at(20);
+                peer.write_all(head).unwrap();
+                std::thread::sleep(Duration::from_micros(500));
+                peer.write_all(tail).unwrap();
+                peer.read_exact(&mut ack).unwrap();
+            }
+        });
+        let estimate = |reader: &PduReader| reader.spinner.as_ref().unwrap().estimate();
+        let mut quickest = Duration::MAX;
+        for (i, request) in requests.iter().enumerate() {
+            reader.mid_message(false);
+            let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+            assert_eq!(pdu.bytes, &request[..]);
+            stream.write_all(&[1]).await.unwrap();
+            if i < 20 {
+                quickest = quickest.min(estimate(&reader));
+            }
+        }
+        // The waits of 0.5 ms for each request's rest were not learnt from.
+        assert!(quickest < crate::spin::BUDGET, "{quickest:?}");
+        assert!(estimate(&reader) >= Duration::from_millis(1));
+        sender.join().unwrap();
     }
 
     /// A data set that announced its length wakes the reader before its end,
