@@ -87,6 +87,31 @@ def test_async_with_and_events_yield_the_listeners_dicts(
     assert sum(len(s["instances"]) for s in study["series"]) == len(objs)
 
 
+def test_a_stream_made_while_stopped_waits_for_the_next_start(
+    base_dataset_file: Path, tmp_path: Path
+) -> None:
+    objs = generate_objects(base_dataset_file, tmp_path / "objs", 3)
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        scp = StoreScp(port=0, host=HOST, out_dir=tmp_path / "out", study_timeout=60)
+        async with scp:
+            pass
+        stream = scp.events("OnFileStored")
+        # stopped: nothing comes, and nothing ends the stream
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(stream.__anext__(), 0.5)
+        assert not stream.closed
+        async with scp:  # started again (on another port)
+            await asyncio.to_thread(storescu, scp.port, [o.path for o in objs])
+            got = [await asyncio.wait_for(stream.__anext__(), 30) for _ in objs]
+        rest = [event async for event in stream]  # ended by the second stop
+        return got, rest
+
+    got, rest = asyncio.run(main())
+    assert [e["sop_instance_uid"] for e in got] == [o.sop_instance_uid for o in objs]
+    assert rest == []
+
+
 def test_a_slow_consumer_holds_the_sender_back_and_loses_nothing(
     base_dataset_file: Path, tmp_path: Path
 ) -> None:

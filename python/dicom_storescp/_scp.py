@@ -696,7 +696,9 @@ class StoreScp:
 
         Call it from a coroutine: the stream belongs to the running event loop.
         It receives the events that happen from now on, and ends when the
-        server stops. At most ``maxsize`` (default ``max_queued_events``)
+        server stops; made while the server is not running (before
+        :meth:`start`, or after :meth:`stop`), it waits for the next start and
+        ends at the stop after it. At most ``maxsize`` (default ``max_queued_events``)
         events wait in it: a consumer that falls behind slows reception down
         (the sender waits), nothing is dropped.
         """
