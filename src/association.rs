@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dicom_object::FileMetaTableBuilder;
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderPresentationReason, AssociationRJSource, Pdu,
@@ -17,10 +16,7 @@ use crate::completion::{AssociationInfo, StoreReport};
 use crate::config::ServerConfig;
 use crate::dimse::{self, status, Command};
 use crate::events::{ErrorInfo, Event, Events, Level, Rejected};
-use crate::negotiation::{
-    AcceptedContext, NegotiationPolicy, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
-    VERIFICATION,
-};
+use crate::negotiation::{AcceptedContext, NegotiationPolicy, VERIFICATION};
 use crate::pdu::{self, PduError, PduReader};
 use crate::receive::{self, Incoming};
 use crate::storage::{is_valid_uid, Storage};
@@ -726,7 +722,7 @@ impl Session {
         }
 
         let prefix = if self.ctx.config.store_with_file_meta {
-            match file_meta_prefix(
+            match crate::file_meta::prefix(
                 &sop_class_uid,
                 &sop_instance_uid,
                 &context.transfer_syntax,
@@ -866,32 +862,6 @@ impl Session {
             )
         });
     }
-}
-
-/// The 128-byte preamble, `DICM` and the file meta group for one object.
-pub fn file_meta_prefix(
-    sop_class_uid: &str,
-    sop_instance_uid: &str,
-    transfer_syntax: &str,
-    calling_ae_title: &str,
-) -> Result<Vec<u8>, String> {
-    let mut builder = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(sop_class_uid)
-        .media_storage_sop_instance_uid(sop_instance_uid)
-        .transfer_syntax(transfer_syntax)
-        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(IMPLEMENTATION_VERSION_NAME);
-    if !calling_ae_title.is_empty() {
-        builder = builder.source_application_entity_title(calling_ae_title);
-    }
-    let meta = builder
-        .build()
-        .map_err(|e| format!("cannot build file meta: {e}"))?;
-    let mut out = vec![0u8; 128];
-    out.extend_from_slice(b"DICM");
-    meta.write(&mut out)
-        .map_err(|e| format!("cannot write file meta: {e}"))?;
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -1070,26 +1040,5 @@ pub(crate) mod tests {
             let _ = client.read_to_end(&mut sink).await;
             task.await.unwrap();
         }
-    }
-
-    #[test]
-    fn file_meta_prefix_is_part10() {
-        let p = file_meta_prefix(
-            "1.2.840.10008.5.1.4.1.1.2",
-            "1.2.3.4",
-            "1.2.840.10008.1.2.1",
-            "SCU",
-        )
-        .unwrap();
-        assert_eq!(&p[128..132], b"DICM");
-        assert!(p[..128].iter().all(|b| *b == 0));
-        // group length element first, value = rest of the group
-        assert_eq!(&p[132..136], &[0x02, 0x00, 0x00, 0x00]);
-        let gl = u32::from_le_bytes(p[140..144].try_into().unwrap()) as usize;
-        assert_eq!(gl, p.len() - 144);
-        let meta = dicom_object::FileMetaTable::from_reader(&p[128..]).unwrap();
-        assert_eq!(meta.transfer_syntax(), "1.2.840.10008.1.2.1");
-        assert_eq!(meta.media_storage_sop_instance_uid(), "1.2.3.4");
-        assert_eq!(meta.source_application_entity_title(), Some("SCU"));
     }
 }

@@ -6,6 +6,7 @@
 //! - [`dimse`]: command sets (C-ECHO, C-STORE) in and out
 //! - [`association`]: one association's state machine and timeouts
 //! - [`spin`]: polling the socket of a quick peer instead of sleeping
+//! - [`file_meta`]: the Part-10 prefix (preamble, file meta group)
 //! - [`receive`]: gathering an object's fragments, checking it, storing it
 //! - [`writer`]: an association's blocking file work, on a thread of its own
 //! - [`storage`]: storage backends behind one trait
@@ -26,6 +27,7 @@ pub mod completion;
 pub mod config;
 pub mod dimse;
 pub mod events;
+pub mod file_meta;
 pub mod header;
 pub mod memory;
 pub mod negotiation;
