@@ -256,9 +256,13 @@ impl Charset {
 /// ASCII: AE, AS, CS, DA, DS, DT, IS, TM, UI, UR). Bytes outside it are
 /// decoded as ISO 8859-1 and reported.
 pub fn decode_default(bytes: &[u8]) -> Decoded {
-    if bytes.is_ascii() {
+    if let Some(text) = bytes
+        .is_ascii()
+        .then(|| std::str::from_utf8(bytes).ok())
+        .flatten()
+    {
         return Decoded {
-            text: bytes.iter().map(|&b| b as char).collect(),
+            text: text.to_owned(),
             lossy: false,
         };
     }

@@ -397,8 +397,18 @@ pub fn read_header<R: Read>(
     Ok(header)
 }
 
-/// Split on `\`, trim each value, join again.
-fn multi(text: &str, trim_leading: bool) -> String {
+/// Split on `\`, trim each value, join again (a single value is trimmed in
+/// place: no allocation).
+fn multi(mut text: String, trim_leading: bool) -> String {
+    if !text.contains('\\') {
+        let end = text.trim_end_matches([' ', '\0']).len();
+        text.truncate(end);
+        if trim_leading {
+            let start = text.len() - text.trim_start_matches(' ').len();
+            text.drain(..start);
+        }
+        return text;
+    }
     text.split('\\')
         .map(|v| {
             let v = v.trim_end_matches([' ', '\0']);
@@ -466,14 +476,14 @@ pub fn format_value(vr: VR, raw: &[u8], big_endian: bool, charset: &Charset) -> 
         VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::TM => {
             let d = decode_default(raw);
             Decoded {
-                text: multi(&d.text, true),
+                text: multi(d.text, true),
                 lossy: d.lossy,
             }
         }
         VR::UI => {
             let d = decode_default(raw);
             Decoded {
-                text: multi(&d.text, false),
+                text: multi(d.text, false),
                 lossy: d.lossy,
             }
         }
@@ -487,14 +497,14 @@ pub fn format_value(vr: VR, raw: &[u8], big_endian: bool, charset: &Charset) -> 
         VR::SH | VR::LO | VR::UC => {
             let d = charset.decode(raw);
             Decoded {
-                text: multi(&d.text, vr != VR::UC),
+                text: multi(d.text, vr != VR::UC),
                 lossy: d.lossy,
             }
         }
         VR::PN => {
             // Empty trailing component groups are insignificant (PS3.5 §6.2.1).
             let d = charset.decode(raw);
-            let text = multi(&d.text, false)
+            let text = multi(d.text, false)
                 .split('\\')
                 .map(|v| v.trim_end_matches('='))
                 .collect::<Vec<_>>()
@@ -537,7 +547,7 @@ pub fn format_value(vr: VR, raw: &[u8], big_endian: bool, charset: &Charset) -> 
             // Private attributes read in implicit VR are UN; most are text.
             let d = charset.decode(raw);
             if !raw.is_empty() && is_text(&d) {
-                plain(multi(&d.text, false))
+                plain(multi(d.text, false))
             } else {
                 plain(hex(raw))
             }
@@ -636,6 +646,32 @@ mod tests {
         assert_eq!(h.get(Tag(0x0028, 0x0010)), Some("512"));
         assert_eq!(h.get(Tag(0x0028, 0x0030)), Some("0.5\\-2.0"));
         assert!(h.warnings.is_empty(), "{:?}", h.warnings);
+    }
+
+    #[test]
+    fn single_values_are_trimmed_as_multiple_ones() {
+        for (text, leading) in [
+            (" 1.5 \0", true),
+            (" 1.5 \0", false),
+            ("1.2.3\0", false),
+            ("  ", true),
+            ("", true),
+            (" a \\ b ", true),
+        ] {
+            let joined = text
+                .split('\\')
+                .map(|v| v.trim_end_matches([' ', '\0']))
+                .map(|v| {
+                    if leading {
+                        v.trim_start_matches(' ')
+                    } else {
+                        v
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\\");
+            assert_eq!(multi(text.to_string(), leading), joined, "{text:?}");
+        }
     }
 
     #[test]
