@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -334,18 +335,18 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyDict>> {
                 size,
                 tags,
             } = *f;
-            d.set_item("event", "OnFileStored")?;
-            d.set_item("file", file)?;
-            d.set_item("uri", uri)?;
-            d.set_item("sop_instance_uid", sop_instance_uid)?;
-            d.set_item("sop_class_uid", sop_class_uid)?;
-            d.set_item("transfer_syntax_uid", transfer_syntax_uid)?;
-            d.set_item("study_instance_uid", study_instance_uid)?;
-            d.set_item("series_instance_uid", series_instance_uid)?;
-            d.set_item("tags", tags_to_py(py, tags)?)?;
-            d.set_item("calling_ae_title", calling_ae_title)?;
-            d.set_item("peer", peer)?;
-            d.set_item("size", size)?;
+            d.set_item(intern!(py, "event"), intern!(py, "OnFileStored"))?;
+            d.set_item(intern!(py, "file"), file)?;
+            d.set_item(intern!(py, "uri"), uri)?;
+            d.set_item(intern!(py, "sop_instance_uid"), sop_instance_uid)?;
+            d.set_item(intern!(py, "sop_class_uid"), sop_class_uid)?;
+            d.set_item(intern!(py, "transfer_syntax_uid"), transfer_syntax_uid)?;
+            d.set_item(intern!(py, "study_instance_uid"), study_instance_uid)?;
+            d.set_item(intern!(py, "series_instance_uid"), series_instance_uid)?;
+            d.set_item(intern!(py, "tags"), tags_to_py(py, tags)?)?;
+            d.set_item(intern!(py, "calling_ae_title"), calling_ae_title)?;
+            d.set_item(intern!(py, "peer"), peer)?;
+            d.set_item(intern!(py, "size"), size)?;
         }
         Event::StudyCompleted(study) => {
             let StudyCompleted {
