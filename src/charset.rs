@@ -256,13 +256,10 @@ impl Charset {
 /// ASCII: AE, AS, CS, DA, DS, DT, IS, TM, UI, UR). Bytes outside it are
 /// decoded as ISO 8859-1 and reported.
 pub fn decode_default(bytes: &[u8]) -> Decoded {
-    if let Some(text) = bytes
-        .is_ascii()
-        .then(|| std::str::from_utf8(bytes).ok())
-        .flatten()
-    {
+    if bytes.is_ascii() {
+        // ASCII is UTF-8: borrowed, then copied once.
         return Decoded {
-            text: text.to_owned(),
+            text: String::from_utf8_lossy(bytes).into_owned(),
             lossy: false,
         };
     }
