@@ -33,3 +33,15 @@ def test_benchmark_harness_smoke(tmp_path: Path) -> None:
     text = json.dumps(results)
     for receiver in ("dicom-storescp-py", "dcmtk-fork", "pynetdicom"):
         assert receiver in text, f"{receiver} missing from the benchmark results"
+    # every row of ours that ran carries both ratios against dcmtk, and they
+    # agree when each receiver ran once (one round: the same runs)
+    ours = [
+        r
+        for r in results["results"]
+        if r["family"] == "dicom-storescp" and r["vs_dcmtk_best"] is not None
+    ]
+    assert ours, "no dicom-storescp row with a dcmtk ratio"
+    for r in ours:
+        assert r["vs_dcmtk_paired"] is not None, r["receiver"]
+        if r["ok_runs"] == 1:
+            assert abs(r["vs_dcmtk_paired"] - r["vs_dcmtk_best"]) < 1e-9, r
