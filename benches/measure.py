@@ -146,6 +146,19 @@ class Monitor:
         self.sample()
         return total
 
+    def kernel(self) -> tuple[float, int]:
+        """System CPU seconds (10 ms ticks) and minor page faults so far of the
+        receiver and its descendants, reaped children included: where a
+        receiver's CPU time goes, for the raw records."""
+        sys_s, minflt = 0.0, 0
+        for pid in tree(self.root, self.forks):
+            fields = _stat_fields(pid)
+            if fields is None:
+                continue
+            minflt += int(fields[7]) + int(fields[8])
+            sys_s += (int(fields[12]) + int(fields[14])) / CLK_TCK
+        return sys_s, minflt
+
     def wait_quiet(
         self, limit: float = 30.0, window: float = 0.1, threshold: float = 0.002
     ) -> bool:

@@ -463,14 +463,14 @@ def run_once(
                 return result
             go = prepare(sender, data.files, port, timeout, logs / "sender.log")
             mon.wait_quiet()
-            cpu0 = mon.cpu()
+            cpu0, kernel0 = mon.cpu(), mon.kernel()
             sent = go()
             t_end = sent.t0 + sent.elapsed
             stored, stored_bytes = (
                 wait_count(out, n + 1, 30) if receiver.stores else (n + 1, data.dataset_bytes)
             )
             quiet = mon.wait_quiet(limit=120)
-            cpu1 = mon.cpu()
+            cpu1, kernel1 = mon.cpu(), mon.kernel()
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGTERM)
         with _watchdog([proc.pid], 60):
@@ -485,6 +485,8 @@ def run_once(
             cpu_s_per_gb=cpu / data.dataset_bytes * 1e9,
             peak_rss_mb=mon.peak_kib / 1024,
             sender_cpu_s=sent.cpu,
+            sys_cpu_s=kernel1[0] - kernel0[0],
+            minor_faults=kernel1[1] - kernel0[1],
             stored=stored - 1,
         )
         errors = []

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::association::ServerContext;
 use crate::dimse::{self, status};
-use crate::events::{target, ErrorInfo, Event, FileStored, Level};
+use crate::events::{target, ErrorInfo, Event, FileStored, FileTags, Level};
 use crate::header;
 use crate::pdu;
 use crate::receive::{StoreFailure, StoreOutcome};
@@ -110,7 +110,7 @@ impl StoreReport {
                 format!("{} from {}: {warning}", key.sop_instance_uid, a.peer)
             });
         }
-        let extracted = ctx.extraction.extract(&header);
+        let extracted = Arc::new(ctx.extraction.extract(&header));
         let sop_class_uid = header
             .get(header::SOP_CLASS_UID)
             .map(str::to_string)
@@ -126,7 +126,10 @@ impl StoreReport {
             calling_ae_title: a.calling_ae_title.clone(),
             peer: a.peer.clone(),
             size: stored.size,
-            tags: ctx.extraction.file_tags(&extracted),
+            tags: FileTags {
+                extraction: ctx.extraction.clone(),
+                values: extracted.clone(),
+            },
         };
         let record = InstanceRecord {
             study_instance_uid: key.study_instance_uid.into(),

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tags::{Extracted, Extraction};
+
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 
 /// How many events may wait for the consumer before producers wait.
@@ -57,6 +59,16 @@ impl Level {
 /// (attribute name → value). An empty group name means "no grouping".
 pub type GroupedTags = Vec<(String, Vec<(String, String)>)>;
 
+/// The values extracted from one stored object, with the extraction that
+/// names and groups them: the values are shared with the object's study
+/// record, and a binding builds `OnFileStored.tags` straight from them
+/// ([`Extraction::file_groups`], [`Extraction::file_slot`]).
+#[derive(Debug, Clone)]
+pub struct FileTags {
+    pub extraction: Arc<Extraction>,
+    pub values: Arc<Extracted>,
+}
+
 #[derive(Debug, Clone)]
 pub struct FileStored {
     /// File path (filesystem) or object key (S3).
@@ -71,7 +83,7 @@ pub struct FileStored {
     pub calling_ae_title: String,
     pub peer: String,
     pub size: u64,
-    pub tags: GroupedTags,
+    pub tags: FileTags,
 }
 
 #[derive(Debug, Clone, Default)]

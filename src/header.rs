@@ -3,8 +3,10 @@
 //!
 //! The data set is walked element by element with dicom-encoding's header
 //! decoders; values are read only for wanted tags (and only up to
-//! [`MAX_VALUE_LEN`] bytes), everything else is skipped by streaming it
-//! through a fixed buffer, nested sequences included. Reading stops at the
+//! [`MAX_VALUE_LEN`] bytes), everything else is skipped, nested sequences
+//! included. A data set in memory is walked in place ([`read_header`]); a
+//! file or a deflated data set goes through one fixed buffer
+//! ([`read_header_from`]). Reading stops at the
 //! first top-level element past the largest wanted tag and never goes into
 //! Pixel Data, so memory stays bounded whatever the object size or content.
 //!
@@ -19,7 +21,7 @@ use dicom_core::header::{HasLength, Header as _, SequenceItemHeader};
 use dicom_core::{Tag, VR};
 use dicom_encoding::decode::implicit_le::ImplicitVRLittleEndianDecoder;
 use dicom_encoding::decode::DecodeFrom;
-use dicom_encoding::transfer_syntax::{Codec, Endianness, TransferSyntaxIndex};
+use dicom_encoding::transfer_syntax::{Codec, Endianness, TransferSyntax, TransferSyntaxIndex};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use crate::charset::{decode_default, Charset, Decoded};
@@ -153,14 +155,25 @@ fn tag_str(tag: Tag) -> String {
     format!("({:04X},{:04X})", tag.group(), tag.element())
 }
 
-/// Skip `n` bytes of the source without holding them.
-fn skip<R: Read + ?Sized>(src: &mut R, n: u32) -> Result<(), String> {
-    let copied = io::copy(&mut src.take(u64::from(n)), &mut io::sink())
-        .map_err(|e| format!("cannot read data set: {e}"))?;
-    if copied < u64::from(n) {
-        return Err(format!(
-            "data set ends inside a value ({copied} of {n} bytes)"
-        ));
+/// Skip `n` bytes of the source without copying them.
+fn skip<R: BufRead + ?Sized>(src: &mut R, n: u32) -> Result<(), String> {
+    let n = n as usize;
+    let mut left = n;
+    while left > 0 {
+        let available = match src.fill_buf() {
+            Ok(buf) => buf.len(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("cannot read data set: {e}")),
+        };
+        if available == 0 {
+            return Err(format!(
+                "data set ends inside a value ({} of {n} bytes)",
+                n - left
+            ));
+        }
+        let step = available.min(left);
+        src.consume(step);
+        left -= step;
     }
     Ok(())
 }
@@ -183,7 +196,7 @@ type Dec<'a, S> = &'a dyn DecodeFrom<S>;
 
 /// Skip the items of a sequence of undefined length, up to and including its
 /// delimiter.
-fn skip_sequence<S: Read>(
+fn skip_sequence<S: BufRead>(
     src: &mut S,
     dec: Dec<'_, S>,
     implicit: Dec<'_, S>,
@@ -211,7 +224,7 @@ fn skip_sequence<S: Read>(
 
 /// Skip the elements of an item of undefined length, up to and including
 /// its delimiter.
-fn skip_item<S: Read>(
+fn skip_item<S: BufRead>(
     src: &mut S,
     dec: Dec<'_, S>,
     implicit: Dec<'_, S>,
@@ -260,21 +273,47 @@ pub fn pixel_data_end(head: &[u8], ts_uid: &str) -> Option<u64> {
     read_header(head, ts_uid, plan).ok()?.pixel_data_end
 }
 
-/// Read the values of the plan's tags from a data set encoded in `ts_uid`.
-pub fn read_header<R: Read>(
+fn transfer_syntax(ts_uid: &str) -> Result<&'static TransferSyntax, HeaderError> {
+    TransferSyntaxRegistry
+        .get(ts_uid)
+        .ok_or_else(|| HeaderError::UnknownTransferSyntax(ts_uid.to_string()))
+}
+
+/// Read the values of the plan's tags from a data set encoded in `ts_uid`,
+/// held in memory (walked in place, unless it is deflated).
+pub fn read_header(bytes: &[u8], ts_uid: &str, plan: &HeaderPlan) -> Result<Header, HeaderError> {
+    let ts = transfer_syntax(ts_uid)?;
+    if !matches!(ts.codec(), Codec::None | Codec::EncapsulatedPixelData(..)) {
+        return read_header_from(bytes, ts_uid, plan);
+    }
+    let decoder = ts
+        .decoder_for::<&[u8]>()
+        .ok_or_else(|| HeaderError::UnknownTransferSyntax(ts_uid.to_string()))?;
+    let total = bytes.len() as u64;
+    let mut src = bytes;
+    Ok(scan(
+        &mut src,
+        &|rest: &&[u8]| total - rest.len() as u64,
+        decoder.as_ref(),
+        ts_uid,
+        ts,
+        plan,
+    ))
+}
+
+/// Read the values of the plan's tags from a data set encoded in `ts_uid`,
+/// read from `source` (through a buffer of its own).
+pub fn read_header_from<R: Read>(
     source: R,
     ts_uid: &str,
     plan: &HeaderPlan,
 ) -> Result<Header, HeaderError> {
-    let ts = TransferSyntaxRegistry
-        .get(ts_uid)
-        .ok_or_else(|| HeaderError::UnknownTransferSyntax(ts_uid.to_string()))?;
+    let ts = transfer_syntax(ts_uid)?;
     let consumed = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let counted = Counted {
         inner: source,
         count: consumed.clone(),
     };
-    let deflated = matches!(ts.codec(), Codec::Dataset(Some(_)));
     let source: Box<dyn Read> = match ts.codec() {
         Codec::Dataset(Some(adapter)) => adapter.adapt_reader(Box::new(counted)),
         Codec::Dataset(None) => return Err(HeaderError::UnknownTransferSyntax(ts_uid.to_string())),
@@ -284,6 +323,27 @@ pub fn read_header<R: Read>(
     let decoder = ts
         .decoder_for::<BufReader<Box<dyn Read>>>()
         .ok_or_else(|| HeaderError::UnknownTransferSyntax(ts_uid.to_string()))?;
+    Ok(scan(
+        &mut src,
+        &|src: &BufReader<Box<dyn Read>>| consumed.get().saturating_sub(src.buffer().len() as u64),
+        decoder.as_ref(),
+        ts_uid,
+        ts,
+        plan,
+    ))
+}
+
+/// The walk itself; `position` tells how far into the data set the source
+/// is (for where Pixel Data ends).
+fn scan<S: BufRead>(
+    src: &mut S,
+    position: &dyn Fn(&S) -> u64,
+    decoder: Dec<'_, S>,
+    ts_uid: &str,
+    ts: &TransferSyntax,
+    plan: &HeaderPlan,
+) -> Header {
+    let deflated = matches!(ts.codec(), Codec::Dataset(Some(_)));
     let implicit = ImplicitVRLittleEndianDecoder::default();
     let big_endian = ts.endianness() == Endianness::Big;
     // Implicit VR Little Endian is the only implicit VR transfer syntax.
@@ -304,7 +364,7 @@ pub fn read_header<R: Read>(
                 break;
             }
         }
-        let h = match decoder.decode_header(&mut src) {
+        let h = match decoder.decode_header(src) {
             Ok((h, _)) => h,
             Err(e) => {
                 header.error = Some(e.to_string());
@@ -314,22 +374,20 @@ pub fn read_header<R: Read>(
         let tag = h.tag();
         if tag > plan.stop || tag >= PIXEL_DATA_START {
             if tag == PIXEL_DATA && !deflated {
-                let at = consumed.get().saturating_sub(src.buffer().len() as u64);
+                let at = position(src);
                 header.pixel_data_end = h.length().get().map(|n| at + u64::from(n));
             }
             header.complete = true;
             break;
         }
         let step = match h.length().get() {
-            None if h.vr() == VR::UN && explicit_vr => {
-                skip_sequence(&mut src, &implicit, &implicit, 1)
-            }
-            None => skip_sequence(&mut src, decoder.as_ref(), &implicit, 1),
+            None if h.vr() == VR::UN && explicit_vr => skip_sequence(src, &implicit, &implicit, 1),
+            None => skip_sequence(src, decoder, &implicit, 1),
             Some(n) => {
                 let wanted = plan.fixed.binary_search(&tag).is_ok() || resolved.contains(&tag);
                 let creator = plan.is_creator_of_interest(tag);
                 if h.vr() == VR::SQ || !(wanted || creator) {
-                    skip(&mut src, n)
+                    skip(src, n)
                 } else if n > MAX_VALUE_LEN {
                     header.warn(|| {
                         format!(
@@ -338,9 +396,9 @@ pub fn read_header<R: Read>(
                             tag_str(tag)
                         )
                     });
-                    skip(&mut src, n)
+                    skip(src, n)
                 } else {
-                    read_value(&mut src, n).map(|raw| {
+                    read_value(src, n).map(|raw| {
                         if creator {
                             let name = charset.decode(&raw).text;
                             let name = name.trim_matches([' ', '\0']);
@@ -394,7 +452,7 @@ pub fn read_header<R: Read>(
             break;
         }
     }
-    Ok(header)
+    header
 }
 
 /// Split on `\`, trim each value, join again (a single value is trimmed in
@@ -561,6 +619,15 @@ mod tests {
     use super::*;
 
     /// Explicit VR little endian element.
+    /// `read_header` (in place) and `read_header_from` (through a reader)
+    /// must agree on every input; the tests go through both.
+    fn read_both(bytes: &[u8], ts: &str, plan: &HeaderPlan) -> Result<Header, HeaderError> {
+        let in_place = read_header(bytes, ts, plan);
+        let streamed = read_header_from(bytes, ts, plan);
+        assert_eq!(format!("{in_place:?}"), format!("{streamed:?}"), "{ts}");
+        in_place
+    }
+
     fn ele(group: u16, elem: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&group.to_le_bytes());
@@ -593,7 +660,7 @@ mod tests {
         ds.extend(ele(0x0020, 0x000E, b"UI", b"1.2.3.5\0"));
         // garbage after the last wanted tag is never read
         ds.extend_from_slice(&[0x28, 0x00, 0x10, 0x00, b'X', b'X', 0xff, 0xff]);
-        let h = read_header(&ds[..], EXPLICIT_LE, &HeaderPlan::identifying()).unwrap();
+        let h = read_both(&ds[..], EXPLICIT_LE, &HeaderPlan::identifying()).unwrap();
         assert_eq!(h.get(SOP_INSTANCE_UID), Some("1.2.3.4"));
         assert_eq!(h.get(STUDY_INSTANCE_UID), Some("1.2.3"));
         assert_eq!(h.get(SERIES_INSTANCE_UID), Some("1.2.3.5"));
@@ -604,7 +671,7 @@ mod tests {
         // whether it ends between elements or inside one
         let end_of_study = ds.len() - 8 - ele(0x0020, 0x000E, b"UI", b"1.2.3.5\0").len();
         for cut in [end_of_study, end_of_study + 3] {
-            let h = read_header(&ds[..cut], EXPLICIT_LE, &HeaderPlan::identifying()).unwrap();
+            let h = read_both(&ds[..cut], EXPLICIT_LE, &HeaderPlan::identifying()).unwrap();
             assert!(!h.complete, "cut at {cut}");
         }
     }
@@ -637,7 +704,7 @@ mod tests {
             ],
             Vec::new(),
         );
-        let h = read_header(&ds[..], EXPLICIT_LE, &plan).unwrap();
+        let h = read_both(&ds[..], EXPLICIT_LE, &plan).unwrap();
         assert_eq!(h.get(Tag(0x0008, 0x0060)), Some("CT"));
         assert_eq!(h.get(Tag(0x0010, 0x0010)), Some("Buc^Jérôme"));
         assert_eq!(h.get(Tag(0x0010, 0x1000)), Some("A1\\B2"));
@@ -706,7 +773,7 @@ mod tests {
                 element: 0x01,
             }],
         );
-        let h = read_header(&ds[..], EXPLICIT_LE, &plan).unwrap();
+        let h = read_both(&ds[..], EXPLICIT_LE, &plan).unwrap();
         assert!(h.error.is_none(), "{:?}", h.error);
         assert_eq!(h.get(Tag(0x0010, 0x0010)), Some("X"));
         assert_eq!(h.get(SERIES_INSTANCE_UID), Some("1.2.3.5"));
@@ -727,7 +794,7 @@ mod tests {
             0xe0, 0x7f, 0x10, 0x00, b'O', b'W', 0, 0, 0xfe, 0xff, 0xff, 0xff,
         ]);
         let plan = HeaderPlan::new([Tag(0x7FE0, 0x0010), Tag(0x0028, 0x0010)], Vec::new());
-        let h = read_header(&ds[..], EXPLICIT_LE, &plan).unwrap();
+        let h = read_both(&ds[..], EXPLICIT_LE, &plan).unwrap();
         assert!(h.error.is_none(), "{:?}", h.error);
         assert_eq!(h.get(SERIES_INSTANCE_UID), Some("1.2.3.5"));
     }
@@ -747,7 +814,7 @@ mod tests {
             ds.extend_from_slice(v);
         }
         let plan = HeaderPlan::new([Tag(0x0009, 0x1001), Tag(0x0028, 0x0010)], Vec::new());
-        let h = read_header(&ds[..], "1.2.840.10008.1.2", &plan).unwrap();
+        let h = read_both(&ds[..], "1.2.840.10008.1.2", &plan).unwrap();
         assert_eq!(h.get(SOP_INSTANCE_UID), Some("1.2.3.4"));
         assert_eq!(h.get(Tag(0x0009, 0x1001)), Some("hello"));
         assert_eq!(h.get(Tag(0x0028, 0x0010)), Some("512"));
@@ -755,7 +822,7 @@ mod tests {
         let mut be = Vec::new();
         be.extend_from_slice(&[0x00, 0x28, 0x00, 0x10, b'U', b'S', 0x00, 0x02, 0x02, 0x00]);
         let plan = HeaderPlan::new([Tag(0x0028, 0x0010)], Vec::new());
-        let h = read_header(&be[..], "1.2.840.10008.1.2.2", &plan).unwrap();
+        let h = read_both(&be[..], "1.2.840.10008.1.2.2", &plan).unwrap();
         assert_eq!(h.get(Tag(0x0028, 0x0010)), Some("512"));
     }
 
@@ -786,7 +853,7 @@ mod tests {
         ds.extend_from_slice(&[0xff; 48]);
         let plan = HeaderPlan::new([], Vec::new());
         let started = std::time::Instant::now();
-        let h = read_header(&ds[..], "1.2.840.10008.1.2", &plan);
+        let h = read_both(&ds[..], "1.2.840.10008.1.2", &plan);
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         if let Ok(h) = h {
             assert_eq!(h.get(SOP_INSTANCE_UID), Some("1.2.3.4"));
@@ -806,10 +873,10 @@ mod tests {
         );
         for len in 0..64 {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
-            let _ = read_header(&junk[..], "1.2.840.10008.1.2", &plan);
-            let _ = read_header(&junk[..], EXPLICIT_LE, &plan);
-            let _ = read_header(&junk[..], "1.2.840.10008.1.2.2", &plan);
-            let _ = read_header(&junk[..], "1.2.840.10008.1.2.1.99", &plan);
+            let _ = read_both(&junk[..], "1.2.840.10008.1.2", &plan);
+            let _ = read_both(&junk[..], EXPLICIT_LE, &plan);
+            let _ = read_both(&junk[..], "1.2.840.10008.1.2.2", &plan);
+            let _ = read_both(&junk[..], "1.2.840.10008.1.2.1.99", &plan);
         }
         // deeply nested undefined-length sequences end in an error
         let mut deep = Vec::new();
@@ -819,9 +886,9 @@ mod tests {
             ]);
             deep.extend_from_slice(&[0xfe, 0xff, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xff]);
         }
-        let h = read_header(&deep[..], EXPLICIT_LE, &plan).unwrap();
+        let h = read_both(&deep[..], EXPLICIT_LE, &plan).unwrap();
         assert!(h.error.is_some());
-        assert!(read_header(&[][..], "1.2.3", &plan).is_err());
+        assert!(read_both(&[][..], "1.2.3", &plan).is_err());
     }
 
     /// The end of a defined-length Pixel Data value is found past
@@ -846,6 +913,11 @@ mod tests {
         head.extend_from_slice(&[0u8; 100]);
         let end = pixel_data_end(&head, EXPLICIT_LE);
         assert_eq!(end, Some(before as u64 + 12 + 524_288));
+        let plan = HeaderPlan::new([PIXEL_DATA], Vec::new());
+        assert_eq!(
+            read_both(&head, EXPLICIT_LE, &plan).unwrap().pixel_data_end,
+            end
+        );
         assert_eq!(pixel_data_end(&head[..before + 6], EXPLICIT_LE), None);
         assert_eq!(pixel_data_end(&head, "1.2.840.10008.1.2.1.99"), None);
         // encapsulated: undefined length

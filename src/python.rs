@@ -8,19 +8,20 @@ use std::time::Duration;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString};
 
 use dicom_core::Tag;
 use pyo3::types::PyList;
 
 use crate::config::{Backend, ServerConfig};
 use crate::events::{
-    ErrorInfo, Event, EventReceiver, Events, FileStored, GroupedTags, Level, Rejected,
+    ErrorInfo, Event, EventReceiver, Events, FileStored, FileTags, GroupedTags, Level, Rejected,
 };
 use crate::server::{Server, StartError};
 use crate::storage::s3::{S3Settings, Secret};
 use crate::study::StudyCompleted;
-use crate::tags::TagRequest;
+use crate::tags::{Extraction, TagRequest};
 
 /// Options as the facade passes them (already checked there).
 #[derive(FromPyObject)]
@@ -180,6 +181,8 @@ struct PyServer {
     rx: Mutex<EventReceiver>,
     /// The counters of the last started server (kept after stop).
     stats: Mutex<Arc<crate::stats::Stats>>,
+    /// The keys of `OnFileStored.tags`, made once.
+    tag_keys: PyOnceLock<TagKeys>,
 }
 
 fn start_error(e: StartError) -> PyErr {
@@ -215,6 +218,7 @@ impl PyServer {
             events,
             rx: Mutex::new(rx),
             stats: Mutex::new(Arc::default()),
+            tag_keys: PyOnceLock::new(),
         })
     }
 
@@ -285,7 +289,7 @@ impl PyServer {
         })?;
         batch
             .into_iter()
-            .map(|e| Ok(event_to_py(py, e)?.into_any().unbind()))
+            .map(|e| Ok(event_to_py(py, e, &self.tag_keys)?.into_any().unbind()))
             .collect()
     }
 }
@@ -308,7 +312,82 @@ fn tags_to_py<'py>(py: Python<'py>, tags: GroupedTags) -> PyResult<Bound<'py, Py
     Ok(out)
 }
 
-fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyDict>> {
+/// The names and group names of a server's extracted tags as Python strings,
+/// made once instead of once per event.
+struct TagKeys {
+    names: Vec<Py<PyString>>,
+    groups: Vec<Py<PyString>>,
+}
+
+impl TagKeys {
+    fn new(py: Python<'_>, extraction: &Extraction) -> Self {
+        let made = |s: &str| PyString::new(py, s).unbind();
+        TagKeys {
+            names: extraction.names().map(made).collect(),
+            groups: extraction.file_groups().iter().map(|g| made(g)).collect(),
+        }
+    }
+
+    /// Whether these keys were made from an extraction of this shape (one
+    /// server has one extraction; this guards the cache all the same).
+    fn fits(&self, extraction: &Extraction) -> bool {
+        self.names.len() == extraction.names().count()
+            && self.groups.len() == extraction.file_groups().len()
+    }
+}
+
+/// `OnFileStored.tags`, built from the values and the cached keys.
+fn file_tags_to_py<'py>(
+    py: Python<'py>,
+    tags: &FileTags,
+    cache: &PyOnceLock<TagKeys>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let ex = &*tags.extraction;
+    let out = PyDict::new(py);
+    if tags.values.is_empty() && ex.file_groups().is_empty() {
+        return Ok(out);
+    }
+    let cached = cache.get_or_init(py, || TagKeys::new(py, ex));
+    let own;
+    let keys = if cached.fits(ex) {
+        cached
+    } else {
+        own = TagKeys::new(py, ex);
+        &own
+    };
+    let groups = keys
+        .groups
+        .iter()
+        .map(|name| {
+            let d = PyDict::new(py);
+            out.set_item(name.bind(py), &d)?;
+            Ok(d)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    for (index, value) in tags.values.iter() {
+        let (Some((_, group)), Some(key)) =
+            (ex.file_slot(*index), keys.names.get(usize::from(*index)))
+        else {
+            continue;
+        };
+        let target = if groups.is_empty() {
+            &out
+        } else {
+            match groups.get(group) {
+                Some(d) => d,
+                None => continue,
+            }
+        };
+        target.set_item(key.bind(py), &**value)?;
+    }
+    Ok(out)
+}
+
+fn event_to_py<'py>(
+    py: Python<'py>,
+    event: Event,
+    tag_keys: &PyOnceLock<TagKeys>,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     match event {
         Event::ServerStarted {
@@ -343,7 +422,7 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Bound<'_, PyDict>> {
             d.set_item(intern!(py, "transfer_syntax_uid"), transfer_syntax_uid)?;
             d.set_item(intern!(py, "study_instance_uid"), study_instance_uid)?;
             d.set_item(intern!(py, "series_instance_uid"), series_instance_uid)?;
-            d.set_item(intern!(py, "tags"), tags_to_py(py, tags)?)?;
+            d.set_item(intern!(py, "tags"), file_tags_to_py(py, &tags, tag_keys)?)?;
             d.set_item(intern!(py, "calling_ae_title"), calling_ae_title)?;
             d.set_item(intern!(py, "peer"), peer)?;
             d.set_item(intern!(py, "size"), size)?;

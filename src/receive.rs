@@ -4,7 +4,7 @@
 //! object is complete its header is read for the UIDs, checked, and the
 //! object is published.
 
-use std::io::{self, BufReader, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::sync::Arc;
 
 use dicom_core::Tag;
@@ -260,7 +260,7 @@ async fn header_from_file(
                 let f = open().map_err(|e| {
                     StoreFailure::new(status::OUT_OF_RESOURCES, format!("cannot read spool: {e}"))
                 })?;
-                header::read_header(BufReader::new(f), &ts, extraction.plan())
+                header::read_header_from(f, &ts, extraction.plan())
             }
         }
         .map_err(cannot_parse)?;

@@ -39,7 +39,8 @@ pub struct InstanceRecord {
     pub transfer_syntax_uid: Box<str>,
     pub file: Box<str>,
     pub uri: Box<str>,
-    pub tags: Extracted,
+    /// Shared with the object's `OnFileStored` event.
+    pub tags: Arc<Extracted>,
 }
 
 #[derive(Debug, Clone)]
@@ -305,7 +306,7 @@ pub fn build_parts(
         let mut per_instance = Vec::new();
         for r in instances.iter() {
             let mut own: Extracted = Vec::new();
-            for (i, v) in &r.tags {
+            for (i, v) in r.tags.iter() {
                 match ex.study_target(*i) {
                     StudyTarget::Study => {
                         if !study.iter().any(|(j, _)| j == i) {
@@ -394,7 +395,7 @@ mod tests {
             transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
             file: format!("/x/{sop}.dcm").into(),
             uri: format!("file:///x/{sop}.dcm").into(),
-            tags,
+            tags: Arc::new(tags),
         }
     }
 

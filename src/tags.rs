@@ -117,6 +117,8 @@ struct Spec {
     private: Option<usize>,
     /// Custom grouping: index of the group (None: "other").
     group: Option<usize>,
+    /// Position of its group in `Extraction::file_groups`.
+    file_group: usize,
 }
 
 /// Extracted values of one object: (spec index, value), in spec order.
@@ -131,6 +133,8 @@ pub struct Extraction {
     specs: Vec<Spec>,
     grouping: Grouping,
     groups: Vec<String>,
+    /// The groups of `OnFileStored.tags`, in order (empty: Flat).
+    file_groups: Vec<String>,
     plan: HeaderPlan,
 }
 
@@ -140,6 +144,7 @@ impl Default for Extraction {
             specs: Vec::new(),
             grouping: Grouping::ByScope,
             groups: Vec::new(),
+            file_groups: Vec::new(),
             plan: HeaderPlan::identifying(),
         }
     }
@@ -213,6 +218,7 @@ impl Extraction {
                 level,
                 private: private_index,
                 group: None,
+                file_group: 0,
             });
         }
         let mut groups = Vec::new();
@@ -243,10 +249,30 @@ impl Extraction {
         } else if !custom_groups.is_empty() {
             return Err("custom_groups is only used with grouping_strategy \"Custom\"".into());
         }
+        const SCOPES: [Level; 4] = [Level::Patient, Level::Study, Level::Series, Level::Instance];
+        let file_groups: Vec<String> = match grouping {
+            Grouping::Flat => Vec::new(),
+            Grouping::ByScope => SCOPES.iter().map(|l| l.name().to_string()).collect(),
+            Grouping::StudyLevel => vec!["study_level".into(), "instance_level".into()],
+            Grouping::Custom => groups
+                .iter()
+                .cloned()
+                .chain([OTHER_GROUP.to_string()])
+                .collect(),
+        };
+        for spec in &mut specs {
+            spec.file_group = match grouping {
+                Grouping::Flat => 0,
+                Grouping::ByScope => SCOPES.iter().position(|l| *l == spec.level).unwrap_or(3),
+                Grouping::StudyLevel => usize::from(spec.level > Level::Study),
+                Grouping::Custom => spec.group.unwrap_or(groups.len()),
+            };
+        }
         Ok(Extraction {
             specs,
             grouping,
             groups,
+            file_groups,
             plan: HeaderPlan::new(fixed, private),
         })
     }
@@ -287,32 +313,44 @@ impl Extraction {
             .collect()
     }
 
-    /// `OnFileStored.tags` per the grouping strategy.
+    /// The names of the extracted values, by index (the keys of the tag
+    /// dicts, for a binding to convert once).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.specs.iter().map(|s| s.name.as_str())
+    }
+
+    /// The groups of `OnFileStored.tags` in order, each present even when
+    /// empty; none for the Flat strategy (the values are at the top level).
+    pub fn file_groups(&self) -> &[String] {
+        &self.file_groups
+    }
+
+    /// The name of extracted value `index` and the position of its group in
+    /// [`Self::file_groups`].
+    pub fn file_slot(&self, index: u16) -> Option<(&str, usize)> {
+        self.spec(index).map(|s| (s.name.as_str(), s.file_group))
+    }
+
+    /// `OnFileStored.tags` per the grouping strategy (the layout a binding
+    /// builds from [`Self::file_groups`] and [`Self::file_slot`]).
     pub fn file_tags(&self, values: &Extracted) -> GroupedTags {
-        let level = |i: &u16| self.spec(*i).map_or(Level::Instance, |s| s.level);
-        match self.grouping {
-            Grouping::Flat => vec![(String::new(), self.pairs(values.iter()))],
-            Grouping::ByScope => [Level::Patient, Level::Study, Level::Series, Level::Instance]
-                .iter()
-                .map(|l| {
-                    (
-                        l.name().to_string(),
-                        self.pairs(values.iter().filter(|(i, _)| level(i) == *l)),
-                    )
-                })
-                .collect(),
-            Grouping::StudyLevel => vec![
-                (
-                    "study_level".to_string(),
-                    self.pairs(values.iter().filter(|(i, _)| level(i) <= Level::Study)),
-                ),
-                (
-                    "instance_level".to_string(),
-                    self.pairs(values.iter().filter(|(i, _)| level(i) > Level::Study)),
-                ),
-            ],
-            Grouping::Custom => self.custom_tags(values.iter()),
+        if self.file_groups.is_empty() {
+            return vec![(String::new(), self.pairs(values.iter()))];
         }
+        let mut out: GroupedTags = self
+            .file_groups
+            .iter()
+            .map(|g| (g.clone(), Vec::new()))
+            .collect();
+        for (i, v) in values {
+            let Some((name, group)) = self.file_slot(*i) else {
+                continue;
+            };
+            if let Some((_, pairs)) = out.get_mut(group) {
+                pairs.push((name.to_string(), v.to_string()));
+            }
+        }
+        out
     }
 
     fn custom_tags<'a>(
@@ -459,8 +497,13 @@ mod tests {
                 .unwrap_or_default()
         };
 
+        let groups_of =
+            |t: &GroupedTags| -> Vec<String> { t.iter().map(|g| g.0.clone()).collect() };
+
         let ex = Extraction::new(&reqs, Grouping::ByScope, &[]).unwrap();
         let t = ex.file_tags(&extracted(&ex, &values));
+        assert_eq!(groups_of(&t), ["patient", "study", "series", "instance"]);
+        assert_eq!(groups_of(&t), ex.file_groups());
         assert_eq!(names(&t, "patient"), ["PatientName"]);
         assert_eq!(names(&t, "study"), ["StudyDate"]);
         assert_eq!(names(&t, "series"), ["Modality"]);
@@ -470,11 +513,13 @@ mod tests {
         let t = ex.file_tags(&extracted(&ex, &values));
         assert_eq!(t.len(), 1);
         assert_eq!(names(&t, "").len(), 4);
+        assert!(ex.file_groups().is_empty());
 
         let ex = Extraction::new(&reqs, Grouping::StudyLevel, &[]).unwrap();
         let t = ex.file_tags(&extracted(&ex, &values));
         assert_eq!(names(&t, "study_level"), ["PatientName", "StudyDate"]);
         assert_eq!(names(&t, "instance_level"), ["Modality", "Custom"]);
+        assert_eq!(groups_of(&t), ["study_level", "instance_level"]);
 
         let groups = vec![(
             "who".to_string(),
@@ -484,6 +529,11 @@ mod tests {
         let t = ex.file_tags(&extracted(&ex, &values));
         assert_eq!(names(&t, "who"), ["PatientName", "Custom"]);
         assert_eq!(names(&t, "other"), ["StudyDate", "Modality"]);
+        assert_eq!(groups_of(&t), ["who", "other"]);
+        assert_eq!(ex.file_slot(4), Some(("Custom", 0)));
+        assert_eq!(ex.file_slot(1), Some(("StudyDate", 1)));
+        assert_eq!(ex.file_slot(5), None);
+        assert_eq!(ex.names().collect::<Vec<_>>()[3], "InstanceNumber");
         assert_eq!(ex.study_target(0), StudyTarget::Instance);
     }
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use dicom_core::Tag;
-use dicom_storescp::header::{read_header, HeaderPlan, PrivateRequest};
+use dicom_storescp::header::{read_header, read_header_from, HeaderPlan, PrivateRequest};
 use libfuzzer_sys::fuzz_target;
 
 const SYNTAXES: [&str; 5] = [
@@ -28,5 +28,8 @@ fuzz_target!(|data: &[u8]| {
             element: 0x02,
         }],
     );
-    let _ = read_header(rest, ts, &plan);
+    // walked in place and through a reader: the same result
+    let in_place = read_header(rest, ts, &plan);
+    let streamed = read_header_from(rest, ts, &plan);
+    assert_eq!(format!("{in_place:?}"), format!("{streamed:?}"));
 });
