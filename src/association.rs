@@ -364,8 +364,8 @@ async fn serve_with<S: Stream>(
         ctx: ctx.clone(),
         assoc: Arc::new(AssociationInfo {
             ctx: ctx.clone(),
-            peer: peer.clone(),
-            calling_ae_title: negotiated.calling_ae_title,
+            peer: peer.as_str().into(),
+            calling_ae_title: negotiated.calling_ae_title.into(),
             stored: AtomicU64::new(0),
         }),
         contexts: negotiated.contexts,

@@ -257,11 +257,13 @@ impl Charset {
 /// decoded as ISO 8859-1 and reported.
 pub fn decode_default(bytes: &[u8]) -> Decoded {
     if bytes.is_ascii() {
-        // ASCII is UTF-8: borrowed, then copied once.
-        return Decoded {
-            text: String::from_utf8_lossy(bytes).into_owned(),
-            lossy: false,
-        };
+        // ASCII is UTF-8: checked as such (quick for ASCII), copied once.
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            return Decoded {
+                text: text.to_owned(),
+                lossy: false,
+            };
+        }
     }
     Decoded {
         text: bytes.iter().map(|&b| b as char).collect(),

@@ -16,8 +16,8 @@ use crate::study::InstanceRecord;
 /// What an association knows of itself, shared by its reports.
 pub struct AssociationInfo {
     pub ctx: Arc<ServerContext>,
-    pub peer: String,
-    pub calling_ae_title: String,
+    pub peer: Arc<str>,
+    pub calling_ae_title: Arc<str>,
     /// Objects stored on this association so far.
     pub stored: AtomicU64,
 }
@@ -27,8 +27,8 @@ impl AssociationInfo {
         ErrorInfo {
             message,
             sop_instance_uid: sop.map(str::to_string),
-            calling_ae_title: Some(self.calling_ae_title.clone()),
-            peer: Some(self.peer.clone()),
+            calling_ae_title: Some(self.calling_ae_title.to_string()),
+            peer: Some(self.peer.to_string()),
             status,
         }
     }
@@ -111,35 +111,36 @@ impl StoreReport {
             });
         }
         let extracted = Arc::new(ctx.extraction.extract(&header));
-        let sop_class_uid = header
+        // One copy of each value, shared by the event and the study record.
+        let sop_class_uid: Arc<str> = header
             .get(header::SOP_CLASS_UID)
-            .map(str::to_string)
-            .unwrap_or(self.sop_class_uid);
+            .unwrap_or(&self.sop_class_uid)
+            .into();
+        let record = InstanceRecord {
+            study_instance_uid: key.study_instance_uid.into(),
+            series_instance_uid: key.series_instance_uid.into(),
+            sop_instance_uid: key.sop_instance_uid.into(),
+            sop_class_uid,
+            transfer_syntax_uid: self.transfer_syntax.into(),
+            file: stored.location.into(),
+            uri: stored.uri.into(),
+            tags: extracted,
+        };
         let file_stored = FileStored {
-            file: stored.location.clone(),
-            uri: stored.uri.clone(),
-            sop_instance_uid: key.sop_instance_uid.clone(),
-            sop_class_uid: sop_class_uid.clone(),
-            transfer_syntax_uid: self.transfer_syntax.clone(),
-            study_instance_uid: key.study_instance_uid.clone(),
-            series_instance_uid: key.series_instance_uid.clone(),
+            file: record.file.clone(),
+            uri: record.uri.clone(),
+            sop_instance_uid: record.sop_instance_uid.clone(),
+            sop_class_uid: record.sop_class_uid.clone(),
+            transfer_syntax_uid: record.transfer_syntax_uid.clone(),
+            study_instance_uid: record.study_instance_uid.clone(),
+            series_instance_uid: record.series_instance_uid.clone(),
             calling_ae_title: a.calling_ae_title.clone(),
             peer: a.peer.clone(),
             size: stored.size,
             tags: FileTags {
                 extraction: ctx.extraction.clone(),
-                values: extracted.clone(),
+                values: record.tags.clone(),
             },
-        };
-        let record = InstanceRecord {
-            study_instance_uid: key.study_instance_uid.into(),
-            series_instance_uid: key.series_instance_uid.into(),
-            sop_instance_uid: key.sop_instance_uid.into(),
-            sop_class_uid: sop_class_uid.into(),
-            transfer_syntax_uid: self.transfer_syntax.into(),
-            file: stored.location.into(),
-            uri: stored.uri.into(),
-            tags: extracted,
         };
         Concluded {
             event: Event::FileStored(Box::new(file_stored)),

@@ -51,10 +51,11 @@ pub struct Command {
 }
 
 fn uid_value(value: &[u8]) -> String {
-    String::from_utf8_lossy(value)
-        .trim_end_matches(['\0', ' '])
-        .trim_start()
-        .to_string()
+    let trim = |s: &str| s.trim_end_matches(['\0', ' ']).trim_start().to_string();
+    match std::str::from_utf8(value) {
+        Ok(text) => trim(text),
+        Err(_) => trim(&String::from_utf8_lossy(value)),
+    }
 }
 
 fn us_value(value: &[u8]) -> Option<u16> {

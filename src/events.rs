@@ -72,16 +72,16 @@ pub struct FileTags {
 #[derive(Debug, Clone)]
 pub struct FileStored {
     /// File path (filesystem) or object key (S3).
-    pub file: String,
+    pub file: Arc<str>,
     /// `file://...` or `s3://bucket/key`.
-    pub uri: String,
-    pub sop_instance_uid: String,
-    pub sop_class_uid: String,
-    pub transfer_syntax_uid: String,
-    pub study_instance_uid: String,
-    pub series_instance_uid: String,
-    pub calling_ae_title: String,
-    pub peer: String,
+    pub uri: Arc<str>,
+    pub sop_instance_uid: Arc<str>,
+    pub sop_class_uid: Arc<str>,
+    pub transfer_syntax_uid: Arc<str>,
+    pub study_instance_uid: Arc<str>,
+    pub series_instance_uid: Arc<str>,
+    pub calling_ae_title: Arc<str>,
+    pub peer: Arc<str>,
     pub size: u64,
     pub tags: FileTags,
 }

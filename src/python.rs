@@ -415,16 +415,16 @@ fn event_to_py<'py>(
                 tags,
             } = *f;
             d.set_item(intern!(py, "event"), intern!(py, "OnFileStored"))?;
-            d.set_item(intern!(py, "file"), file)?;
-            d.set_item(intern!(py, "uri"), uri)?;
-            d.set_item(intern!(py, "sop_instance_uid"), sop_instance_uid)?;
-            d.set_item(intern!(py, "sop_class_uid"), sop_class_uid)?;
-            d.set_item(intern!(py, "transfer_syntax_uid"), transfer_syntax_uid)?;
-            d.set_item(intern!(py, "study_instance_uid"), study_instance_uid)?;
-            d.set_item(intern!(py, "series_instance_uid"), series_instance_uid)?;
+            d.set_item(intern!(py, "file"), &*file)?;
+            d.set_item(intern!(py, "uri"), &*uri)?;
+            d.set_item(intern!(py, "sop_instance_uid"), &*sop_instance_uid)?;
+            d.set_item(intern!(py, "sop_class_uid"), &*sop_class_uid)?;
+            d.set_item(intern!(py, "transfer_syntax_uid"), &*transfer_syntax_uid)?;
+            d.set_item(intern!(py, "study_instance_uid"), &*study_instance_uid)?;
+            d.set_item(intern!(py, "series_instance_uid"), &*series_instance_uid)?;
             d.set_item(intern!(py, "tags"), file_tags_to_py(py, &tags, tag_keys)?)?;
-            d.set_item(intern!(py, "calling_ae_title"), calling_ae_title)?;
-            d.set_item(intern!(py, "peer"), peer)?;
+            d.set_item(intern!(py, "calling_ae_title"), &*calling_ae_title)?;
+            d.set_item(intern!(py, "peer"), &*peer)?;
             d.set_item(intern!(py, "size"), size)?;
         }
         Event::StudyCompleted(study) => {

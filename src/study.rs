@@ -32,13 +32,13 @@ use crate::tags::{Extracted, Extraction, StudyTarget};
 /// One stored instance, as the tracker keeps it.
 #[derive(Debug, Clone)]
 pub struct InstanceRecord {
-    pub study_instance_uid: Box<str>,
-    pub series_instance_uid: Box<str>,
+    pub study_instance_uid: Arc<str>,
+    pub series_instance_uid: Arc<str>,
     pub sop_instance_uid: Arc<str>,
-    pub sop_class_uid: Box<str>,
-    pub transfer_syntax_uid: Box<str>,
-    pub file: Box<str>,
-    pub uri: Box<str>,
+    pub sop_class_uid: Arc<str>,
+    pub transfer_syntax_uid: Arc<str>,
+    pub file: Arc<str>,
+    pub uri: Arc<str>,
     /// Shared with the object's `OnFileStored` event.
     pub tags: Arc<Extracted>,
 }
@@ -87,13 +87,13 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    pending: HashMap<Box<str>, Pending>,
-    deadlines: BTreeMap<(Instant, u64), Box<str>>,
+    pending: HashMap<Arc<str>, Pending>,
+    deadlines: BTreeMap<(Instant, u64), Arc<str>>,
     seq: u64,
 }
 
 struct PendingSeries {
-    uid: Box<str>,
+    uid: Arc<str>,
     /// In arrival order; `None` where an instance was re-sent later.
     instances: Vec<Option<InstanceRecord>>,
 }
@@ -164,7 +164,7 @@ impl State {
 
     /// Take the studies whose deadline is at or before `now` (all of them
     /// with `None`), earliest first.
-    fn take_due(&mut self, now: Option<Instant>) -> Vec<(Box<str>, Pending)> {
+    fn take_due(&mut self, now: Option<Instant>) -> Vec<(Arc<str>, Pending)> {
         let mut due = Vec::new();
         while let Some(entry) = self.deadlines.first_entry() {
             if now.is_some_and(|now| entry.key().0 > now) {
@@ -249,7 +249,7 @@ impl Shared {
             .store(state.pending.len() as u64, Ordering::Relaxed);
     }
 
-    async fn report(&self, due: Vec<(Box<str>, Pending)>) {
+    async fn report(&self, due: Vec<(Arc<str>, Pending)>) {
         for (study, p) in due {
             complete(&study, p, &self.extraction, &self.events).await;
             crate::stats::bump(&self.stats.studies_completed);
@@ -333,7 +333,7 @@ pub fn build_parts(
 
 /// A series of a study being reported: the instances still current.
 struct KeptSeries {
-    uid: Box<str>,
+    uid: Arc<str>,
     instances: Vec<InstanceRecord>,
 }
 

@@ -2,6 +2,7 @@
 //! renaming a fully written spool file from `{out_dir}/.incoming/`.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,16 +17,18 @@ use super::{
 pub const SPOOL_DIR_NAME: &str = ".incoming";
 
 /// Series directories known to exist, so most objects need no mkdir. A
-/// directory removed behind our back is recreated on the failed link.
+/// directory removed behind our back is recreated on the failed link. Kept
+/// by their path's bytes: hashing a `Path` walks its components, and every
+/// path here is built the same way.
 #[derive(Debug, Default)]
-struct DirCache(Mutex<HashSet<PathBuf>>);
+struct DirCache(Mutex<HashSet<OsString>>);
 
 const DIR_CACHE_LIMIT: usize = 4096;
 
 impl DirCache {
     fn ensure(&self, dir: &Path) -> io::Result<()> {
         if let Ok(known) = self.0.lock() {
-            if known.contains(dir) {
+            if known.contains(dir.as_os_str()) {
                 return Ok(());
             }
         }
@@ -34,14 +37,14 @@ impl DirCache {
             if known.len() >= DIR_CACHE_LIMIT {
                 known.clear();
             }
-            known.insert(dir.to_path_buf());
+            known.insert(dir.as_os_str().to_os_string());
         }
         Ok(())
     }
 
     fn forget(&self, dir: &Path) {
         if let Ok(mut known) = self.0.lock() {
-            known.remove(dir);
+            known.remove(dir.as_os_str());
         }
     }
 }
@@ -195,9 +198,14 @@ impl FilesystemStorage {
             other => other,
         };
         placed.map_err(|e| StorageError::io(format!("cannot store {}", target.display()), e))?;
+        let uri = file_uri(&target);
+        let location = target
+            .into_os_string()
+            .into_string()
+            .unwrap_or_else(|raw| raw.to_string_lossy().into_owned());
         Ok(Stored {
-            location: target.to_string_lossy().into_owned(),
-            uri: file_uri(&target),
+            location,
+            uri,
             size,
         })
     }

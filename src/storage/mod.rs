@@ -8,6 +8,7 @@
 pub mod fs;
 pub mod s3;
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::future::Future;
 use std::io;
@@ -73,20 +74,35 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// `{study}/{series}/{sop}.dcm`
     pub fn relative_path(&self) -> String {
-        format!(
-            "{}/{}/{}.dcm",
-            self.study_instance_uid, self.series_instance_uid, self.sop_instance_uid
-        )
+        [
+            self.study_instance_uid.as_str(),
+            "/",
+            self.series_instance_uid.as_str(),
+            "/",
+            self.sop_instance_uid.as_str(),
+            ".dcm",
+        ]
+        .concat()
     }
 }
 
 /// A UID that may name a path component: digits and dots, 1 to 64
 /// characters, no empty component.
 pub fn is_valid_uid(uid: &str) -> bool {
-    !uid.is_empty()
-        && uid.len() <= 64
-        && uid.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && uid.split('.').all(|part| !part.is_empty())
+    if uid.is_empty() || uid.len() > 64 {
+        return false;
+    }
+    // One pass: digits and dots, no empty component (no leading, trailing
+    // or doubled dot).
+    let mut after_dot = true;
+    for b in uid.bytes() {
+        match b {
+            b'0'..=b'9' => after_dot = false,
+            b'.' if !after_dot => after_dot = true,
+            _ => return false,
+        }
+    }
+    !after_dot
 }
 
 /// A temporary file that is removed unless it was handed on.
@@ -225,16 +241,24 @@ pub fn file_uri(path: &Path) -> String {
     };
     #[cfg(not(unix))]
     let bytes = path.to_string_lossy().replace('\\', "/").into_bytes();
-    let mut out = String::from("file://");
+    let mut out = String::with_capacity(8 + bytes.len());
+    out.push_str("file://");
     if !bytes.starts_with(b"/") {
         out.push('/');
     }
-    for &b in &bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~');
+    let mut rest = bytes.as_slice();
+    while !rest.is_empty() {
+        // the longest run of bytes that need no escaping, in one piece
+        let (run, tail) = rest.split_at(rest.iter().position(|b| !plain(b)).unwrap_or(rest.len()));
+        out.push_str(std::str::from_utf8(run).unwrap_or_default());
+        rest = match tail.split_first() {
+            Some((b, after)) => {
+                let _ = write!(out, "%{b:02X}");
+                after
+            }
+            None => tail,
+        };
     }
     out
 }
@@ -287,7 +311,7 @@ mod tests {
         assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.2"));
         assert!(is_valid_uid("0"));
         for bad in [
-            "", "..", "1..2", ".1", "1.", "1/2", "1.2\0", "a.b", "../etc", "1 2",
+            "", ".", "..", "1..2", ".1", "1.", "1/2", "1.2\0", "a.b", "../etc", "1 2",
         ] {
             assert!(!is_valid_uid(bad), "{bad:?}");
         }
@@ -314,6 +338,7 @@ mod tests {
             file_uri(Path::new("/my dir/%é")),
             "file:///my%20dir/%25%C3%A9"
         );
+        assert_eq!(file_uri(Path::new("é x")), "file:///%C3%A9%20x");
     }
 
     #[test]
