@@ -9,9 +9,7 @@ use std::future::Future;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::task::Poll;
 
-use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, PDataValue, PDataValueType, Pdu,
-};
+use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, Pdu};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::spin::{Spinner, Spinners};
@@ -461,20 +459,25 @@ pub fn encode(pdu: &Pdu) -> Result<Vec<u8>, PduError> {
     Ok(out)
 }
 
-/// Encode a P-DATA-TF PDU carrying one complete command or data set fragment.
+/// Encode a P-DATA-TF PDU carrying one complete command or data set
+/// fragment (PS3.8 §9.3.5: the PDU header, then one PDV item: its length,
+/// the presentation context, the message control header, the value).
 pub fn encode_pdata(context_id: u8, is_command: bool, data: Vec<u8>) -> Result<Vec<u8>, PduError> {
-    encode(&Pdu::PData {
-        data: vec![PDataValue {
-            presentation_context_id: context_id,
-            value_type: if is_command {
-                PDataValueType::Command
-            } else {
-                PDataValueType::Data
-            },
-            is_last: true,
-            data,
-        }],
-    })
+    let too_long = || PduError::Malformed("P-DATA value too long");
+    let item_len = u32::try_from(data.len())
+        .ok()
+        .and_then(|n| n.checked_add(2))
+        .ok_or_else(too_long)?;
+    let pdu_len = item_len.checked_add(4).ok_or_else(too_long)?;
+    // message control header: bit 0 command, bit 1 last fragment
+    let control = u8::from(is_command) | 0x02;
+    let mut out = Vec::with_capacity(P_DATA_HEAD + data.len());
+    out.extend_from_slice(&[P_DATA_TF, 0]);
+    out.extend_from_slice(&pdu_len.to_be_bytes());
+    out.extend_from_slice(&item_len.to_be_bytes());
+    out.extend_from_slice(&[context_id, control]);
+    out.extend_from_slice(&data);
+    Ok(out)
 }
 
 pub fn abort_pdu(reason: AbortRQServiceProviderReason) -> Pdu {
@@ -530,6 +533,32 @@ pub async fn shut_down_quietly<W: AsyncWrite + Unpin>(stream: &mut W) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// P-DATA-TF encoded by hand, byte for byte as dicom-ul encodes it.
+    #[test]
+    fn pdata_encoding_matches_dicom_ul() {
+        use dicom_ul::pdu::{PDataValue, PDataValueType};
+        for (context_id, is_command, len) in [(1, true, 0), (3, true, 150), (255, false, 16_000)] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let reference = encode(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: context_id,
+                    value_type: if is_command {
+                        PDataValueType::Command
+                    } else {
+                        PDataValueType::Data
+                    },
+                    is_last: true,
+                    data: data.clone(),
+                }],
+            })
+            .unwrap();
+            assert_eq!(
+                encode_pdata(context_id, is_command, data).unwrap(),
+                reference
+            );
+        }
+    }
 
     fn pdata(items: &[(u8, u8, &[u8])]) -> Vec<u8> {
         let mut body = Vec::new();

@@ -434,21 +434,21 @@ fn event_to_py<'py>(
                 series,
             } = *study;
             d.set_item("event", "OnStudyCompleted")?;
-            d.set_item("study_instance_uid", study_instance_uid)?;
+            d.set_item("study_instance_uid", &*study_instance_uid)?;
             d.set_item("tags", tags_to_py(py, tags)?)?;
             let series_list = PyList::empty(py);
             for s in series {
                 let sd = PyDict::new(py);
-                sd.set_item("series_instance_uid", s.series_instance_uid)?;
+                sd.set_item("series_instance_uid", &*s.series_instance_uid)?;
                 sd.set_item("tags", tags_to_py(py, s.tags)?)?;
                 let instances = PyList::empty(py);
                 for i in s.instances {
                     let id = PyDict::new(py);
-                    id.set_item("sop_instance_uid", i.sop_instance_uid)?;
-                    id.set_item("sop_class_uid", i.sop_class_uid)?;
-                    id.set_item("transfer_syntax_uid", i.transfer_syntax_uid)?;
-                    id.set_item("file", i.file)?;
-                    id.set_item("uri", i.uri)?;
+                    id.set_item("sop_instance_uid", &*i.sop_instance_uid)?;
+                    id.set_item("sop_class_uid", &*i.sop_class_uid)?;
+                    id.set_item("transfer_syntax_uid", &*i.transfer_syntax_uid)?;
+                    id.set_item("file", &*i.file)?;
+                    id.set_item("uri", &*i.uri)?;
                     id.set_item("tags", tags_to_py(py, i.tags)?)?;
                     instances.append(id)?;
                 }

@@ -45,24 +45,24 @@ pub struct InstanceRecord {
 
 #[derive(Debug, Clone)]
 pub struct InstanceCompleted {
-    pub sop_instance_uid: String,
-    pub sop_class_uid: String,
-    pub transfer_syntax_uid: String,
-    pub file: String,
-    pub uri: String,
+    pub sop_instance_uid: Arc<str>,
+    pub sop_class_uid: Arc<str>,
+    pub transfer_syntax_uid: Arc<str>,
+    pub file: Arc<str>,
+    pub uri: Arc<str>,
     pub tags: GroupedTags,
 }
 
 #[derive(Debug, Clone)]
 pub struct SeriesCompleted {
-    pub series_instance_uid: String,
+    pub series_instance_uid: Arc<str>,
     pub tags: GroupedTags,
     pub instances: Vec<InstanceCompleted>,
 }
 
 #[derive(Debug, Clone)]
 pub struct StudyCompleted {
-    pub study_instance_uid: String,
+    pub study_instance_uid: Arc<str>,
     pub tags: GroupedTags,
     pub series: Vec<SeriesCompleted>,
 }
@@ -356,25 +356,25 @@ fn build(study: &str, pending: Pending, ex: &Extraction) -> StudyCompleted {
         .iter()
         .zip(series_tags.iter().zip(instance_tags.iter()))
         .map(|(s, (stags, itags))| SeriesCompleted {
-            series_instance_uid: s.uid.to_string(),
+            series_instance_uid: s.uid.clone(),
             tags: ex.flat_tags(stags),
             instances: s
                 .instances
                 .iter()
                 .zip(itags.iter())
                 .map(|(r, t)| InstanceCompleted {
-                    sop_instance_uid: r.sop_instance_uid.to_string(),
-                    sop_class_uid: r.sop_class_uid.to_string(),
-                    transfer_syntax_uid: r.transfer_syntax_uid.to_string(),
-                    file: r.file.to_string(),
-                    uri: r.uri.to_string(),
+                    sop_instance_uid: r.sop_instance_uid.clone(),
+                    sop_class_uid: r.sop_class_uid.clone(),
+                    transfer_syntax_uid: r.transfer_syntax_uid.clone(),
+                    file: r.file.clone(),
+                    uri: r.uri.clone(),
                     tags: ex.instance_tags(t),
                 })
                 .collect(),
         })
         .collect();
     StudyCompleted {
-        study_instance_uid: study.to_string(),
+        study_instance_uid: study.into(),
         tags: ex.flat_tags(&study_tags),
         series,
     }
@@ -447,12 +447,12 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let done = studies(&mut rx);
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].study_instance_uid, "2.2");
+        assert_eq!(&*done[0].study_instance_uid, "2.2");
         tokio::time::sleep(Duration::from_secs(6)).await;
         let done = studies(&mut rx);
         assert_eq!(done.len(), 1);
         let s = &done[0];
-        assert_eq!(s.study_instance_uid, "1.1");
+        assert_eq!(&*s.study_instance_uid, "1.1");
         assert_eq!(s.series.len(), 2);
         assert_eq!(s.series[0].instances.len(), 1);
         assert_eq!(s.series[1].instances.len(), 1);
@@ -509,7 +509,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let done = studies(&mut rx);
             if !done.is_empty() {
-                assert_eq!(done[0].study_instance_uid, "9");
+                assert_eq!(&*done[0].study_instance_uid, "9");
                 return;
             }
         }
@@ -527,7 +527,7 @@ mod tests {
         let sops: Vec<&str> = done[0].series[0]
             .instances
             .iter()
-            .map(|i| i.sop_instance_uid.as_str())
+            .map(|i| &*i.sop_instance_uid)
             .collect();
         assert_eq!(sops, ["1.1.1", "1.1.3", "1.1.2"]);
     }
