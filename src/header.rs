@@ -178,6 +178,26 @@ fn skip<R: BufRead + ?Sized>(src: &mut R, n: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Hand the next `n` bytes to `f`: in place when the source already holds
+/// them (always, for a data set in memory), else through a copy.
+fn with_value<S: BufRead + ?Sized, T>(
+    src: &mut S,
+    n: u32,
+    f: impl FnOnce(&[u8]) -> T,
+) -> Result<T, String> {
+    let len = n as usize;
+    let buf = src
+        .fill_buf()
+        .map_err(|e| format!("cannot read data set: {e}"))?;
+    if let Some(value) = buf.get(..len) {
+        let out = f(value);
+        src.consume(len);
+        return Ok(out);
+    }
+    let raw = read_value(src, n)?;
+    Ok(f(&raw))
+}
+
 fn read_value<R: Read + ?Sized>(src: &mut R, n: u32) -> Result<Vec<u8>, String> {
     let mut buf = Vec::with_capacity(n as usize);
     src.take(u64::from(n))
@@ -398,9 +418,9 @@ fn scan<S: BufRead>(
                     });
                     skip(src, n)
                 } else {
-                    read_value(src, n).map(|raw| {
+                    with_value(src, n, |raw| {
                         if creator {
-                            let name = charset.decode(&raw).text;
+                            let name = charset.decode(raw).text;
                             let name = name.trim_matches([' ', '\0']);
                             for (i, p) in plan.private.iter().enumerate() {
                                 if p.group == tag.group() && p.creator == name {
@@ -419,7 +439,7 @@ fn scan<S: BufRead>(
                             }
                         }
                         if wanted {
-                            let value = format_value(h.vr(), &raw, big_endian, &charset);
+                            let value = format_value(h.vr(), raw, big_endian, &charset);
                             if tag == SPECIFIC_CHARACTER_SET {
                                 let (cs, warning) =
                                     Charset::from_specific_character_set(&value.text);
@@ -674,6 +694,23 @@ mod tests {
             let h = read_both(&ds[..cut], EXPLICIT_LE, &HeaderPlan::identifying()).unwrap();
             assert!(!h.complete, "cut at {cut}");
         }
+    }
+
+    /// A wanted value longer than the reader's buffer is read whole on both
+    /// paths (in place, and copied out of the 16 KiB buffer).
+    #[test]
+    fn values_longer_than_the_read_buffer() {
+        let text: Vec<u8> = (0..40_000).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut ds = base();
+        ds.extend(ele(0x0010, 0x4000, b"UT", &text));
+        ds.extend(ele(0x0020, 0x000D, b"UI", b"1.2.3\0"));
+        let plan = HeaderPlan::new([Tag(0x0010, 0x4000)], Vec::new());
+        let h = read_both(&ds[..], EXPLICIT_LE, &plan).unwrap();
+        assert_eq!(h.get(Tag(0x0010, 0x4000)).map(str::len), Some(40_000));
+        assert_eq!(h.get(STUDY_INSTANCE_UID), Some("1.2.3"));
+        // cut inside the long value: both paths stop at the same error
+        let cut = read_both(&ds[..20_000], EXPLICIT_LE, &plan).unwrap();
+        assert!(cut.error.is_some());
     }
 
     #[test]
