@@ -859,7 +859,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="frames of 512 KiB in the multi-frame object (default 2048 = 1 GiB; "
         "0 = no big object)",
     )
-    p.add_argument("--repeat", type=int, help="timed runs per configuration (default 3)")
+    p.add_argument("--repeat", type=int, help="timed runs per configuration (default 5)")
     p.add_argument("--datasets", type=_csv, help="subset of ct,small,big")
     p.add_argument("--storage", type=_csv, help="subset of tmpfs,disk")
     p.add_argument("--senders", type=_csv, help=f"subset of {','.join(SENDERS)}")
@@ -885,7 +885,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "ct": (200, 50, 4),
         "small": (2000, 500, 20),
         "big_frames": (2048, 128, 8),
-        "repeat": (3, 1, 1),
+        "repeat": (5, 1, 1),
     }
     for key, (full, quick, smoke) in sizes.items():
         if getattr(args, key) is None:
