@@ -110,7 +110,8 @@ impl StoreReport {
                 format!("{} from {}: {warning}", key.sop_instance_uid, a.peer)
             });
         }
-        let extracted = Arc::new(ctx.extraction.extract(&header));
+        let mut header = header;
+        let extracted = Arc::new(ctx.extraction.extract(&mut header));
         // One copy of each value, shared by the event and the study record.
         let sop_class_uid: Arc<str> = header
             .get(header::SOP_CLASS_UID)

@@ -14,7 +14,6 @@
 //! (see [`crate::charset`]), multiple values joined with `\`, padding
 //! trimmed; numbers in decimal; binary values in hexadecimal.
 
-use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read};
 
 use dicom_core::header::{HasLength, Header as _, SequenceItemHeader};
@@ -120,7 +119,9 @@ impl HeaderPlan {
 /// Top-level values read from a data set, as strings.
 #[derive(Debug, Default, Clone)]
 pub struct Header {
-    pub values: BTreeMap<Tag, String>,
+    /// (tag, value) in the order read: a handful of entries, searched
+    /// linearly (cheaper than a map at this size).
+    values: Vec<(Tag, String)>,
     /// For each private request of the plan (same index), the tag its
     /// private creator resolved to, if the creator was found.
     pub private_tags: Vec<Option<Tag>>,
@@ -141,7 +142,24 @@ pub struct Header {
 
 impl Header {
     pub fn get(&self, tag: Tag) -> Option<&str> {
-        self.values.get(&tag).map(String::as_str)
+        self.values
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Set the value of `tag` (a data set that repeats a tag: the last wins).
+    pub fn set(&mut self, tag: Tag, value: String) {
+        match self.values.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, v)) => *v = value,
+            None => self.values.push((tag, value)),
+        }
+    }
+
+    /// Move the value of `tag` out.
+    pub fn take(&mut self, tag: Tag) -> Option<String> {
+        let at = self.values.iter().position(|(t, _)| *t == tag)?;
+        Some(self.values.swap_remove(at).1)
     }
 
     fn warn(&mut self, message: impl FnOnce() -> String) {
@@ -457,7 +475,7 @@ fn scan<S: BufRead>(
                                     )
                                 });
                             }
-                            header.values.insert(tag, value.text);
+                            header.set(tag, value.text);
                         }
                     })
                 }

@@ -10,7 +10,7 @@ use dicom_dictionary_std::StandardDataDictionary;
 
 use crate::attribute_levels::ATTRIBUTE_LEVELS;
 use crate::events::GroupedTags;
-use crate::header::{Header, HeaderPlan, PrivateRequest, PIXEL_DATA_START};
+use crate::header::{Header, HeaderPlan, PrivateRequest, IDENTIFYING_TAGS, PIXEL_DATA_START};
 
 /// The level of the DICOM information model an attribute belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,6 +119,9 @@ struct Spec {
     group: Option<usize>,
     /// Position of its group in `Extraction::file_groups`.
     file_group: usize,
+    /// Its value may be moved out of the header (no other spec and no later
+    /// step reads that tag) instead of copied.
+    take: bool,
 }
 
 /// Extracted values of one object: (spec index, value), in spec order.
@@ -219,6 +222,7 @@ impl Extraction {
                 private: private_index,
                 group: None,
                 file_group: 0,
+                take: false,
             });
         }
         let mut groups = Vec::new();
@@ -260,7 +264,19 @@ impl Extraction {
                 .chain([OTHER_GROUP.to_string()])
                 .collect(),
         };
-        for spec in &mut specs {
+        let once = |tag: Tag| {
+            specs
+                .iter()
+                .filter(|s| s.private.is_none() && s.tag == tag)
+                .count()
+                == 1
+        };
+        let takes: Vec<bool> = specs
+            .iter()
+            .map(|s| s.private.is_none() && !IDENTIFYING_TAGS.contains(&s.tag) && once(s.tag))
+            .collect();
+        for (spec, take) in specs.iter_mut().zip(takes) {
+            spec.take = take;
             spec.file_group = match grouping {
                 Grouping::Flat => 0,
                 Grouping::ByScope => SCOPES.iter().position(|l| *l == spec.level).unwrap_or(3),
@@ -285,16 +301,24 @@ impl Extraction {
         self.grouping
     }
 
-    /// The configured values found in a header.
-    pub fn extract(&self, header: &Header) -> Extracted {
-        let mut out = Vec::new();
+    /// The configured values found in a header. Values no one else reads
+    /// (neither another spec nor the identifying tags) are moved out of it.
+    pub fn extract(&self, header: &mut Header) -> Extracted {
+        let mut out = Vec::with_capacity(self.specs.len());
         for (i, spec) in self.specs.iter().enumerate() {
-            let tag = match spec.private {
-                Some(p) => header.private_tags.get(p).copied().flatten(),
-                None => Some(spec.tag),
+            let value = match spec.private {
+                Some(p) => header
+                    .private_tags
+                    .get(p)
+                    .copied()
+                    .flatten()
+                    .and_then(|t| header.get(t))
+                    .map(Box::from),
+                None if spec.take => header.take(spec.tag).map(String::into_boxed_str),
+                None => header.get(spec.tag).map(Box::from),
             };
-            if let Some(value) = tag.and_then(|t| header.get(t)) {
-                out.push((i as u16, value.into()));
+            if let Some(value) = value {
+                out.push((i as u16, value));
             }
         }
         out
@@ -462,14 +486,47 @@ mod tests {
     }
 
     fn extracted(ex: &Extraction, pairs: &[(Tag, &str)]) -> Extracted {
-        let mut h = Header {
-            private_tags: vec![None; ex.plan().private_requests().len()],
-            ..Header::default()
-        };
+        let mut h = Header::default();
+        h.private_tags = vec![None; ex.plan().private_requests().len()];
         for (t, v) in pairs {
-            h.values.insert(*t, v.to_string());
+            h.set(*t, v.to_string());
         }
-        ex.extract(&h)
+        ex.extract(&mut h)
+    }
+
+    /// A value read by one spec only moves out of the header; one that
+    /// another spec or the receiver itself reads is copied.
+    #[test]
+    fn extraction_moves_only_values_no_one_else_reads() {
+        let reqs = vec![
+            req("PatientName"),
+            TagRequest {
+                name: "AlsoName".into(),
+                ..req("PatientName")
+            },
+            req("SOPClassUID"),
+            req("Modality"),
+        ];
+        let ex = Extraction::new(&reqs, Grouping::Flat, &[]).unwrap();
+        let mut h = Header::default();
+        for (t, v) in [
+            (Tag(0x0010, 0x0010), "DOE^J"),
+            (Tag(0x0008, 0x0016), "1.2.3"),
+            (Tag(0x0008, 0x0060), "CT"),
+        ] {
+            h.set(t, v.to_string());
+        }
+        let got = ex.extract(&mut h);
+        let want: Extracted = vec![
+            (0, "DOE^J".into()),
+            (1, "DOE^J".into()),
+            (2, "1.2.3".into()),
+            (3, "CT".into()),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(h.get(Tag(0x0008, 0x0016)), Some("1.2.3"));
+        assert_eq!(h.get(Tag(0x0010, 0x0010)), Some("DOE^J"));
+        assert_eq!(h.get(Tag(0x0008, 0x0060)), None);
     }
 
     #[test]
@@ -588,8 +645,8 @@ mod tests {
             ds.extend_from_slice(&(v.len() as u16).to_le_bytes());
             ds.extend_from_slice(v);
         }
-        let h = read_header(&ds[..], "1.2.840.10008.1.2.1", ex.plan()).unwrap();
-        let got = ex.extract(&h);
+        let mut h = read_header(&ds[..], "1.2.840.10008.1.2.1", ex.plan()).unwrap();
+        let got = ex.extract(&mut h);
         assert_eq!(got, vec![(0u16, "IMAGE NUM 4".into())]);
     }
 }
