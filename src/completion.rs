@@ -96,7 +96,7 @@ impl StoreReport {
             .fetch_add(outcome.stored.size, Ordering::Relaxed);
         let StoreOutcome {
             stored,
-            header,
+            mut header,
             key,
         } = outcome;
         ctx.events.log_to(target::STORAGE, Level::Info, || {
@@ -110,7 +110,6 @@ impl StoreReport {
                 format!("{} from {}: {warning}", key.sop_instance_uid, a.peer)
             });
         }
-        let mut header = header;
         let extracted = Arc::new(ctx.extraction.extract(&mut header));
         // One copy of each value, shared by the event and the study record.
         let sop_class_uid: Arc<str> = header

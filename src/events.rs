@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::tags::{Extracted, Extraction};
-
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
+
+use crate::tags::{Extracted, Extraction};
 
 /// How many events may wait for the consumer before producers wait.
 pub const CAPACITY: usize = 4096;

@@ -355,8 +355,10 @@ impl Extraction {
         self.spec(index).map(|s| (s.name.as_str(), s.file_group))
     }
 
-    /// `OnFileStored.tags` per the grouping strategy (the layout a binding
-    /// builds from [`Self::file_groups`] and [`Self::file_slot`]).
+    /// `OnFileStored.tags` per the grouping strategy, as plain data: the
+    /// layout the binding builds from [`Self::file_groups`] and
+    /// [`Self::file_slot`], for the tests to check.
+    #[cfg(test)]
     pub fn file_tags(&self, values: &Extracted) -> GroupedTags {
         if self.file_groups.is_empty() {
             return vec![(String::new(), self.pairs(values.iter()))];
