@@ -115,6 +115,16 @@ def vm_hwm_kib(pid: int) -> int:
     return 0
 
 
+# /proc/vmstat counters recorded per run (allocstall_* are summed)
+VM_EVENTS = (
+    "compact_stall",
+    "compact_migrate_scanned",
+    "pgscan_direct",
+    "allocstall",
+    "pgscan_kswapd",
+)
+
+
 class Monitor:
     """CPU time and peak RSS of a receiver's process tree (see the module doc)."""
 
@@ -158,6 +168,26 @@ class Monitor:
             minflt += int(fields[7]) + int(fields[8])
             sys_s += (int(fields[12]) + int(fields[14])) / CLK_TCK
         return sys_s, minflt
+
+    @staticmethod
+    def vm_events() -> dict[str, int]:
+        """Machine-wide memory management counters (``/proc/vmstat``): direct
+        compaction and direct reclaim (paid by the process that allocates a
+        page) and kswapd's reclaim (a kernel thread on the same cores). Their
+        change over a run tells a run slowed by the kernel's memory state
+        from one slowed by the receiver."""
+        out = dict.fromkeys(VM_EVENTS, 0)
+        try:
+            with open("/proc/vmstat") as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name in out:
+                        out[name] = int(value)
+                    elif name.startswith("allocstall_"):
+                        out["allocstall"] += int(value)
+        except OSError:
+            pass
+        return out
 
     def wait_quiet(
         self, limit: float = 30.0, window: float = 0.1, threshold: float = 0.002

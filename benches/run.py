@@ -463,14 +463,14 @@ def run_once(
                 return result
             go = prepare(sender, data.files, port, timeout, logs / "sender.log")
             mon.wait_quiet()
-            cpu0, kernel0 = mon.cpu(), mon.kernel()
+            cpu0, kernel0, vm0 = mon.cpu(), mon.kernel(), mon.vm_events()
             sent = go()
             t_end = sent.t0 + sent.elapsed
             stored, stored_bytes = (
                 wait_count(out, n + 1, 30) if receiver.stores else (n + 1, data.dataset_bytes)
             )
             quiet = mon.wait_quiet(limit=120)
-            cpu1, kernel1 = mon.cpu(), mon.kernel()
+            cpu1, kernel1, vm1 = mon.cpu(), mon.kernel(), mon.vm_events()
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGTERM)
         with _watchdog([proc.pid], 60):
@@ -487,6 +487,7 @@ def run_once(
             sender_cpu_s=sent.cpu,
             sys_cpu_s=kernel1[0] - kernel0[0],
             minor_faults=kernel1[1] - kernel0[1],
+            vm_events={k: vm1[k] - vm0[k] for k in vm1},
             stored=stored - 1,
         )
         errors = []

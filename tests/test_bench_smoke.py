@@ -45,3 +45,36 @@ def test_benchmark_harness_smoke(tmp_path: Path) -> None:
         assert r["vs_dcmtk_paired"] is not None, r["receiver"]
         if r["ok_runs"] == 1:
             assert abs(r["vs_dcmtk_paired"] - r["vs_dcmtk_best"]) < 1e-9, r
+    # every raw run says whether the kernel's memory state got in its way
+    raw = [x for r in results["results"] for x in r["raw"] if x.get("ok")]
+    assert raw and all(set(x["vm_events"]) >= {"compact_stall", "pgscan_direct"} for x in raw)
+
+    # pooling the run with itself: every row twice the runs, the same medians
+    pooled_out = tmp_path / "pooled.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benches" / "pool.py"),
+            str(out),
+            str(out),
+            "--out",
+            str(pooled_out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pooled = json.loads(pooled_out.read_text())["results"]
+    assert len(pooled) == len(results["results"])
+    for a, b in zip(results["results"], pooled):
+        assert (a["dataset"], a["storage"], a["sender"], a["receiver"]) == (
+            b["dataset"],
+            b["storage"],
+            b["sender"],
+            b["receiver"],
+        )
+        assert b["runs"] == 2 * a["runs"]
+        assert b["files_per_s"] == a["files_per_s"]
+        assert b["vs_dcmtk_paired"] == a["vs_dcmtk_paired"]
+    assert pooled_out.with_suffix(".md").read_text().count("| dicom-storescp-py |") >= 1
