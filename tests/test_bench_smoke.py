@@ -11,23 +11,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_benchmark_harness_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
+def _bench(script: str, *args: str, timeout: float) -> None:
+    """Run a script of benches/ and require exit status 0."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benches" / "run.py"),
-            "--smoke",
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--out",
-            str(out),
-        ],
+        [sys.executable, str(ROOT / "benches" / script), *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_benchmark_harness_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    work = str(tmp_path / "work")
+    _bench("run.py", "--smoke", "--work-dir", work, "--out", str(out), timeout=600)
     results = json.loads(out.read_text())
     assert results, "no results written"
     text = json.dumps(results)
@@ -51,20 +49,7 @@ def test_benchmark_harness_smoke(tmp_path: Path) -> None:
 
     # pooling the run with itself: every row twice the runs, the same medians
     pooled_out = tmp_path / "pooled.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benches" / "pool.py"),
-            str(out),
-            str(out),
-            "--out",
-            str(pooled_out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _bench("pool.py", str(out), str(out), "--out", str(pooled_out), timeout=60)
     pooled = json.loads(pooled_out.read_text())["results"]
     assert len(pooled) == len(results["results"])
     for a, b in zip(results["results"], pooled):
