@@ -7,8 +7,9 @@ their raw runs, and the paired ratio over all their rounds.
 On a shared virtual machine a full run's medians of 5 move by 10 to 20%
 from one run to the next (README.md, Performance); pooling runs made at the
 same commit gives each row more rounds. The runs must have the same
-configuration (data sets, receivers); a round is one repetition of one run,
-so a paired ratio never compares runs from different files.
+configuration (data sets, rows, repetitions: it refuses others); a round is
+one repetition of one run, so a paired ratio never compares runs from
+different files.
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     configs = {json.dumps(r["config"]["datasets"], sort_keys=True) for r in reports}
     if len(configs) != 1:
         p.error("the runs used different data sets")
+    # Rounds line up only if every run has the same rows with as many runs each.
+    shapes = {
+        json.dumps(
+            [
+                (r["dataset"], r["storage"], r["sender"], r["receiver"], r["runs"])
+                for r in rep["results"]
+            ]
+        )
+        for rep in reports
+    }
+    if len(shapes) != 1:
+        p.error("the runs differ in their rows or repetitions")
     rows = pool(reports)
     datasets = {
         name: run.Data(name, [], d["dataset_bytes"], d["description"])
