@@ -271,9 +271,16 @@ impl Extraction {
                 .count()
                 == 1
         };
+        // A private element (odd group) may also be what a request by
+        // private creator resolves to, per object: never moved.
         let takes: Vec<bool> = specs
             .iter()
-            .map(|s| s.private.is_none() && !IDENTIFYING_TAGS.contains(&s.tag) && once(s.tag))
+            .map(|s| {
+                s.private.is_none()
+                    && s.tag.group() % 2 == 0
+                    && !IDENTIFYING_TAGS.contains(&s.tag)
+                    && once(s.tag)
+            })
             .collect();
         for (spec, take) in specs.iter_mut().zip(takes) {
             spec.take = take;
@@ -618,6 +625,30 @@ mod tests {
             custom: true,
         };
         assert!(err(&[bad_private], Grouping::Flat, &[]).contains("extract_custom_tags"));
+    }
+
+    /// A private element asked for both as an exact tag and through its
+    /// private creator (which resolves to the same element): both get it.
+    #[test]
+    fn exact_and_creator_requests_for_one_private_element_both_get_it() {
+        let exact = TagRequest {
+            tag: Tag(0x0009, 0x1001),
+            name: "Exact".into(),
+            private_creator: None,
+            custom: true,
+        };
+        let by_creator = TagRequest {
+            name: "ByCreator".into(),
+            private_creator: Some("ACME".into()),
+            ..exact.clone()
+        };
+        let ex = Extraction::new(&[exact, by_creator], Grouping::Flat, &[]).unwrap();
+        let mut h = Header::default();
+        h.private_tags = vec![Some(Tag(0x0009, 0x1001))];
+        h.set(Tag(0x0009, 0x1001), "v".to_string());
+        let got = ex.extract(&mut h);
+        let want: Extracted = vec![(0, "v".into()), (1, "v".into())];
+        assert_eq!(got, want);
     }
 
     #[test]
