@@ -451,6 +451,7 @@ impl Session {
                     // Handle each PDV; the reader's buffer is borrowed, so
                     // copy out the (few) PDV headers first.
                     let body = raw.body();
+                    let (window, body_at) = (raw.window, raw.at + pdu::HEADER_LEN);
                     let mut items = Vec::with_capacity(2);
                     for item in pdu::pdvs(body) {
                         match item {
@@ -464,7 +465,8 @@ impl Session {
                         }
                     }
                     for pdv in items {
-                        if let Err(end) = self.on_pdv(io, pdv).await {
+                        let at = body_at + pdv.offset;
+                        if let Err(end) = self.on_pdv(io, pdv, window, at).await {
                             return end;
                         }
                     }
@@ -488,12 +490,13 @@ impl Session {
                     )
                 }
             }
-            reader.shrink(self.ctx.config.max_pdu_length as usize + pdu::HEADER_LEN);
             if !reader.has_pdu() {
-                // About to wait for the peer: write what came meanwhile.
+                // About to wait for the peer: write what came meanwhile
+                // (before the reader receives, or moves its bytes).
                 if let Some(r) = self.receiving.as_mut() {
-                    r.incoming.flush().await;
+                    r.incoming.flush(reader.window()).await;
                 }
+                reader.shrink(self.ctx.config.max_pdu_length as usize + pdu::HEADER_LEN);
             }
             reader.expect_at_least(self.owed());
         }
@@ -540,7 +543,15 @@ impl Session {
         }
     }
 
-    async fn on_pdv<S: Stream>(&mut self, io: &mut Io<S>, pdv: pdu::Pdv<'_>) -> Result<(), End> {
+    /// Handle a PDV whose value lies at `at` in `window`, the PDU reader's
+    /// buffer.
+    async fn on_pdv<S: Stream>(
+        &mut self,
+        io: &mut Io<S>,
+        pdv: pdu::Pdv<'_>,
+        window: &[u8],
+        at: usize,
+    ) -> Result<(), End> {
         let protocol =
             |msg: String| End::Abort(AbortRQServiceProviderReason::UnexpectedPduParameter, msg);
         if self.context(pdv.context_id).is_none() {
@@ -583,8 +594,11 @@ impl Session {
                     "data set fragment on another presentation context".into(),
                 ));
             }
-            r.incoming.push(pdv.data).await;
+            r.incoming
+                .push_in_place(window, at..at + pdv.data.len())
+                .await;
             if pdv.is_last {
+                r.incoming.settle(window).await;
                 if let Some(r) = self.receiving.take() {
                     self.complete_store(io, r).await?;
                 }

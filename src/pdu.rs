@@ -58,6 +58,11 @@ pub struct RawPdu<'a> {
     pub pdu_type: u8,
     /// Header and body.
     pub bytes: &'a [u8],
+    /// The reader's buffer up to the last byte received: `bytes` lies at
+    /// `at` in it, and so do the PDUs handed out before this one since the
+    /// reader last received (see [`PduReader::window`]).
+    pub window: &'a [u8],
+    pub at: usize,
 }
 
 impl RawPdu<'_> {
@@ -365,10 +370,28 @@ impl PduReader {
             .get(self.start..self.start + total)
             .ok_or(PduError::Malformed("buffer"))?;
         self.handed_out = total;
-        Ok(RawPdu { pdu_type, bytes })
+        let window = self
+            .buf
+            .get(..self.end)
+            .ok_or(PduError::Malformed("buffer"))?;
+        Ok(RawPdu {
+            pdu_type,
+            bytes,
+            window,
+            at: self.start,
+        })
     }
 
-    /// Release memory held after a large PDU, keeping a modest buffer.
+    /// The buffer up to the last byte received, as [`RawPdu::window`] gave
+    /// it: its bytes stay where they are until the reader next receives,
+    /// which it does only in a [`PduReader::read`] that follows a false
+    /// [`PduReader::has_pdu`].
+    pub fn window(&self) -> &[u8] {
+        self.buf.get(..self.end).unwrap_or_default()
+    }
+
+    /// Release memory held after a large PDU, keeping a modest buffer
+    /// (this moves the bytes of [`PduReader::window`]).
     pub fn shrink(&mut self, keep: usize) {
         let keep = keep.max(READ_BUFFER);
         if self.buf.len() > keep.saturating_mul(2) && self.available() <= keep {
@@ -415,6 +438,8 @@ pub struct Pdv<'a> {
     pub is_command: bool,
     pub is_last: bool,
     pub data: &'a [u8],
+    /// Where `data` starts in the P-DATA-TF body.
+    pub offset: usize,
 }
 
 /// Iterate over the PDV items of a P-DATA-TF body.
@@ -436,12 +461,14 @@ pub fn pdvs(body: &[u8]) -> impl Iterator<Item = Result<Pdv<'_>, PduError>> + '_
             let (&[context_id, control], data) = item
                 .split_first_chunk::<2>()
                 .ok_or(PduError::Malformed("truncated PDV header"))?;
+            let offset = body.len() - after.len() - data.len();
             rest = after;
             Ok(Pdv {
                 context_id,
                 is_command: control & 0x01 != 0,
                 is_last: control & 0x02 != 0,
                 data,
+                offset,
             })
         })();
         if item.is_err() {
@@ -581,6 +608,10 @@ mod tests {
         assert_eq!(items[1].context_id, 3);
         assert!(!items[1].is_command && !items[1].is_last);
         assert_eq!(items[1].data, b"data!");
+        for item in &items {
+            assert_eq!(&body[item.offset..item.offset + item.data.len()], item.data);
+        }
+        assert_eq!((items[0].offset, items[1].offset), (6, 15));
     }
 
     #[test]

@@ -3,8 +3,14 @@
 //! they arrive (bounded memory whatever the object size). Once the
 //! object is complete its header is read for the UIDs, checked, and the
 //! object is published.
+//!
+//! An object being written while it arrives, through a writer that writes on
+//! the association's own thread, is not copied: its fragments are left in the
+//! PDU reader's buffer and written from there, several in one `writev`,
+//! before the reader receives again (see [`Incoming::push_in_place`]).
 
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, IoSlice, Seek, SeekFrom};
+use std::ops::Range;
 use std::sync::Arc;
 
 use dicom_core::Tag;
@@ -35,6 +41,10 @@ const LARGE_OBJECT: u64 = 4 * 1024 * 1024;
 /// the file back.
 const HEAD_LEN: usize = 64 * 1024;
 
+/// Fragments shorter than this are copied rather than left in place (a
+/// `writev` entry each would cost more than the copy).
+const MIN_IN_PLACE: usize = 4 * 1024;
+
 /// An object being received.
 pub struct Incoming {
     writer: Writer,
@@ -42,6 +52,10 @@ pub struct Incoming {
     seq: u64,
     /// Received bytes not yet passed to the writer.
     buf: Vec<u8>,
+    /// Received bytes not yet passed to the writer that follow `buf`, left
+    /// where they lie in the PDU reader's buffer (its window).
+    in_place: Vec<Range<usize>>,
+    in_place_len: usize,
     /// Objects up to this size stay in memory until complete.
     memory_limit: usize,
     len: u64,
@@ -81,6 +95,8 @@ impl Incoming {
             writer,
             seq,
             buf,
+            in_place: Vec::new(),
+            in_place_len: 0,
             memory_limit,
             len: dataset_offset as u64,
             dataset_offset,
@@ -158,19 +174,116 @@ impl Incoming {
         }
     }
 
+    /// Append the fragment at `range` of `window`, the PDU reader's buffer
+    /// (see [`PduReader::window`](crate::pdu::PduReader::window)). While
+    /// the object is being written as it arrives, through an inline writer,
+    /// the fragment stays where it is: the caller must then call
+    /// [`Incoming::flush`] or [`Incoming::settle`] with the same window
+    /// before the reader receives again.
+    pub async fn push_in_place(&mut self, window: &[u8], range: Range<usize>) {
+        let Some(data) = window.get(range.clone()) else {
+            self.fail(io::Error::other("fragment outside the receive buffer"));
+            return;
+        };
+        let in_place = self.head.is_some()
+            && self.error.is_none()
+            && data.len() >= MIN_IN_PLACE
+            && self.len <= LARGE_OBJECT
+            && self.writer.is_inline();
+        if !in_place {
+            self.copy_in_place(window);
+            self.push(data).await;
+            return;
+        }
+        self.len += data.len() as u64;
+        self.in_place_len += data.len();
+        self.in_place.push(range);
+        if self.buf.len() + self.in_place_len > self.piece_size() {
+            self.write_pending(window).await;
+        }
+    }
+
     /// Write what is buffered of an object already being written while it
     /// arrives, when there is enough of it: called while the connection has
     /// nothing more to read, so that the object's end finds little to write.
     /// Large objects keep their large pieces: one tail matters little there.
-    pub async fn flush(&mut self) {
+    /// Fragments left in `window` are written or copied: the reader may
+    /// receive after this.
+    pub async fn flush(&mut self, window: &[u8]) {
         if self.head.is_none()
             || self.error.is_some()
-            || self.buf.len() < FLUSH_MIN
+            || self.buf.len() + self.in_place_len < FLUSH_MIN
             || self.len > LARGE_OBJECT
         {
+            self.copy_in_place(window);
             return;
         }
-        self.write_buffered().await;
+        self.write_pending(window).await;
+    }
+
+    /// The object is complete: write the fragments left in `window` with
+    /// what is buffered if that is worth a write, else copy them (they are
+    /// then the tail that the writer writes before it publishes).
+    pub async fn settle(&mut self, window: &[u8]) {
+        if self.in_place.is_empty() {
+            return;
+        }
+        if self.buf.len() + self.in_place_len < FLUSH_MIN {
+            self.copy_in_place(window);
+        } else {
+            self.write_pending(window).await;
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        self.error = Some(WriteError::Spool(e));
+        self.buf.clear();
+        self.in_place.clear();
+        self.in_place_len = 0;
+    }
+
+    /// Copy the fragments left in `window` into the buffer, after what it
+    /// holds.
+    fn copy_in_place(&mut self, window: &[u8]) {
+        if self.in_place.is_empty() {
+            return;
+        }
+        for range in std::mem::take(&mut self.in_place) {
+            match window.get(range) {
+                Some(data) => self.buf.extend_from_slice(data),
+                None => {
+                    return self.fail(io::Error::other("fragment outside the receive buffer"));
+                }
+            }
+        }
+        self.in_place_len = 0;
+    }
+
+    /// Pass the buffer and the fragments left in `window` to the writer, as
+    /// one piece.
+    async fn write_pending(&mut self, window: &[u8]) {
+        if self.in_place.is_empty() {
+            return self.write_buffered().await;
+        }
+        let mut slices = Vec::with_capacity(self.in_place.len() + 1);
+        if !self.buf.is_empty() {
+            slices.push(IoSlice::new(&self.buf));
+        }
+        for range in &self.in_place {
+            match window.get(range.clone()) {
+                Some(data) => slices.push(IoSlice::new(data)),
+                None => {
+                    return self.fail(io::Error::other("fragment outside the receive buffer"));
+                }
+            }
+        }
+        let written = self.writer.piece_vectored(self.seq, &mut slices).await;
+        self.buf.clear();
+        self.in_place.clear();
+        self.in_place_len = 0;
+        if let Err(e) = written {
+            self.error = Some(e);
+        }
     }
 
     async fn write_buffered(&mut self) {
@@ -179,6 +292,21 @@ impl Incoming {
             self.error = Some(e);
             self.buf.clear();
         }
+    }
+
+    /// Whether an object still in memory is sure to outgrow it, and its
+    /// header is in: its Pixel Data value, whose length it announced, ends
+    /// past the memory limit. Such an object is written as it arrives from
+    /// then on (its fragments left in place, see
+    /// [`Incoming::push_in_place`]) instead of being copied up to the limit
+    /// first; everything before its Pixel Data is in memory, so the header
+    /// is still read from there.
+    fn bound_to_spill(&mut self) -> bool {
+        if self.head.is_some() || !self.writer.is_inline() {
+            return false;
+        }
+        self.look_for_extent();
+        matches!(self.extent, Extent::AtLeast(end) if end > self.memory_limit as u64)
     }
 
     /// Append a fragment. A failure is remembered (and the rest of the
@@ -190,7 +318,7 @@ impl Incoming {
             return;
         }
         self.buf.extend_from_slice(data);
-        if self.buf.len() > self.piece_size() {
+        if self.buf.len() > self.piece_size() || self.bound_to_spill() {
             if self.head.is_none() {
                 let start = self.dataset_offset.min(self.buf.len());
                 let end = start.saturating_add(HEAD_LEN).min(self.buf.len());
@@ -347,10 +475,18 @@ pub async fn check(
         dataset_offset: offset,
         head,
         error,
+        in_place,
         ..
     } = incoming;
     if let Some(e) = error {
         return Err(StoreFailure::resources(e));
+    }
+    if !in_place.is_empty() {
+        // Never happens: the association settles the object first.
+        writer.discard(seq).await;
+        return Err(StoreFailure::resources(
+            "fragments of the object were left unwritten",
+        ));
     }
     // The header is read from memory: the whole object, or the head of one
     // that was written while it arrived (when the head holds all of it).
@@ -453,6 +589,10 @@ mod tests {
     use crate::writer::{Placement, SpoolPlace};
 
     fn writer(dir: &std::path::Path) -> (Writer, std::path::PathBuf) {
+        placed_writer(dir, Placement::OwnThread)
+    }
+
+    fn placed_writer(dir: &std::path::Path, placement: Placement) -> (Writer, std::path::PathBuf) {
         let storage = FilesystemStorage::new(dir).unwrap();
         let spool = storage.spool_dir().to_path_buf();
         let place = SpoolPlace {
@@ -460,9 +600,165 @@ mod tests {
             anonymous: false,
         };
         (
-            Writer::start(place, Arc::new(storage), Placement::OwnThread).unwrap(),
+            Writer::start(place, Arc::new(storage), placement).unwrap(),
             spool,
         )
+    }
+
+    /// P-DATA-TF-like windows: each fragment of `data` (16 KiB, or what is
+    /// left) preceded by 12 bytes of framing, several fragments per window
+    /// as a PDU reader's buffer would hold them. Yields (window, ranges).
+    fn windows(data: &[u8], per_window: usize) -> Vec<(Vec<u8>, Vec<Range<usize>>)> {
+        let mut out = Vec::new();
+        for group in data.chunks(16 * 1024 * per_window) {
+            let mut window = Vec::new();
+            let mut ranges = Vec::new();
+            for fragment in group.chunks(16 * 1024) {
+                window.extend_from_slice(&[0xAA; 12]);
+                ranges.push(window.len()..window.len() + fragment.len());
+                window.extend_from_slice(fragment);
+            }
+            out.push((window, ranges));
+        }
+        out
+    }
+
+    fn stored(spooled: Spooled) -> Vec<u8> {
+        match spooled {
+            Spooled::File(f) => {
+                let bytes = std::fs::read(f.path().unwrap()).unwrap();
+                assert_eq!(f.len, bytes.len() as u64);
+                bytes
+            }
+            Spooled::Memory(b) => b,
+        }
+    }
+
+    /// Fragments of an object being written as it arrives are written from
+    /// where they lie (the reader's buffer), with what was copied before
+    /// them, in order; small ones and those for a writer thread are copied.
+    #[tokio::test(flavor = "current_thread")]
+    async fn fragments_left_in_place_are_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 249) as u8).collect();
+        for placement in [Placement::Inline, Placement::OwnThread] {
+            let (w, _) = placed_writer(dir.path(), placement);
+            let mut incoming = Incoming::new(w, 1, STREAM_CHUNK, b"PRE".to_vec());
+            let mut held_somewhere = false;
+            for (i, (window, ranges)) in windows(&data, 3).into_iter().enumerate() {
+                for range in ranges {
+                    incoming.push_in_place(&window, range).await;
+                    held_somewhere |= !incoming.in_place.is_empty();
+                }
+                if i % 2 == 0 {
+                    // the connection ran dry: nothing may stay in place
+                    incoming.flush(&window).await;
+                    assert!(incoming.in_place.is_empty());
+                } else {
+                    incoming.settle(&window).await;
+                    assert!(incoming.in_place.is_empty());
+                }
+            }
+            assert_eq!(held_somewhere, placement == Placement::Inline);
+            assert_eq!(incoming.len(), 700_003);
+            let bytes = stored(finish(incoming).await);
+            assert_eq!(&bytes[..3], b"PRE");
+            assert!(bytes[3..] == data[..]);
+        }
+
+        // a short fragment after fragments in place is copied after them
+        let (w, _) = placed_writer(dir.path(), Placement::Inline);
+        let mut incoming = Incoming::new(w, 2, STREAM_CHUNK, Vec::new());
+        let first = &data[..STREAM_CHUNK + 1];
+        incoming.push(first).await;
+        assert!(incoming.head.is_some());
+        let mut window = vec![0u8; 12];
+        window.extend_from_slice(&data[STREAM_CHUNK + 1..STREAM_CHUNK + 20_001]);
+        window.extend_from_slice(&data[STREAM_CHUNK + 20_001..STREAM_CHUNK + 20_101]);
+        incoming.push_in_place(&window, 12..20_012).await;
+        assert_eq!(incoming.in_place.len(), 1);
+        incoming.push_in_place(&window, 20_012..20_112).await;
+        assert!(incoming.in_place.is_empty());
+        assert_eq!(incoming.buf.len(), 20_100);
+        incoming.settle(&window).await;
+        assert!(stored(finish(incoming).await) == data[..STREAM_CHUNK + 20_101]);
+    }
+
+    /// Fragments still in place when the object is checked are a bug of the
+    /// caller: the object fails rather than lose them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_object_checked_with_fragments_in_place_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, _) = placed_writer(dir.path(), Placement::Inline);
+        let mut incoming = Incoming::new(w, 1, STREAM_CHUNK, Vec::new());
+        incoming.push(&vec![1u8; STREAM_CHUNK + 1]).await;
+        let window = vec![2u8; 20_000];
+        incoming.push_in_place(&window, 0..20_000).await;
+        let extraction = Arc::new(Extraction::default());
+        let failure = check(incoming, "1.2.840.10008.1.2.1", "1.2.3", extraction)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(failure.status, status::OUT_OF_RESOURCES);
+        // and a range outside the window fails the object too
+        let (w, _) = placed_writer(dir.path(), Placement::Inline);
+        let mut incoming = Incoming::new(w, 2, STREAM_CHUNK, Vec::new());
+        incoming.push_in_place(&window, 19_000..21_000).await;
+        assert!(incoming.error.is_some());
+    }
+
+    /// An object whose Pixel Data ends past the memory limit is written as
+    /// it arrives as soon as its header is in (through an inline writer),
+    /// and its header is still read from memory.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_object_announcing_a_large_pixel_data_spills_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut object = Vec::new();
+        // SOP Instance, Study Instance and Series Instance UIDs, then
+        // (7FE0,0010) OW of 400,000 bytes
+        for (element, uid) in [
+            ((0x08, 0x18), b"1.2.3.4\0"),
+            ((0x20, 0x0d), b"1.2.3.5\0"),
+            ((0x20, 0x0e), b"1.2.3.6\0"),
+        ] {
+            object.extend_from_slice(&[element.0, 0x00, element.1, 0x00, b'U', b'I', 8, 0]);
+            object.extend_from_slice(uid);
+        }
+        object.extend_from_slice(&[0xe0, 0x7f, 0x10, 0x00, b'O', b'W', 0, 0]);
+        object.extend_from_slice(&400_000u32.to_le_bytes());
+        object.extend((0..400_000u32).map(|i| (i % 241) as u8));
+        for placement in [Placement::Inline, Placement::OwnThread] {
+            let (w, _) = placed_writer(dir.path(), placement);
+            let mut incoming =
+                Incoming::new(w, 1, STREAM_CHUNK, Vec::new()).measure("1.2.840.10008.1.2.1");
+            let (window, ranges) = windows(&object, 1).swap_remove(0);
+            let mut ranges = ranges.into_iter();
+            incoming
+                .push_in_place(&window, ranges.next().unwrap())
+                .await;
+            // 16 KiB in: past the first look at the extent
+            assert_eq!(incoming.head.is_some(), placement == Placement::Inline);
+            for (window, ranges) in windows(&object[16 * 1024..], 2) {
+                for range in ranges {
+                    incoming.push_in_place(&window, range).await;
+                }
+                incoming.flush(&window).await;
+            }
+            let extraction = Arc::new(Extraction::default());
+            let checked = check(incoming, "1.2.840.10008.1.2.1", "1.2.3.4", extraction)
+                .await
+                .unwrap();
+            assert_eq!(checked.key.study_instance_uid, "1.2.3.5");
+            // the header was read from memory either way
+            let Progress::Open(tail) = checked.progress else {
+                panic!("header read from the file")
+            };
+            let spooled = match checked.writer.finish(1, tail, Then::Return).await {
+                Ok(Finished::Spooled(s)) => s,
+                _ => panic!("not spooled"),
+            };
+            assert!(stored(spooled) == object);
+        }
     }
 
     async fn finish(incoming: Incoming) -> Spooled {
@@ -516,7 +812,7 @@ mod tests {
         let (w, _) = writer(dir.path());
         let mut small = Incoming::new(w.clone(), 1, SPILL_THRESHOLD, Vec::new());
         small.push(&[1u8; 100_000]).await;
-        small.flush().await;
+        small.flush(&[]).await;
         assert_eq!(small.buf.len(), 100_000);
         drop(small);
 
@@ -525,12 +821,12 @@ mod tests {
         big.push(&data[..STREAM_CHUNK + 1]).await;
         assert!(big.buf.is_empty());
         big.push(&data[STREAM_CHUNK + 1..STREAM_CHUNK + 1000]).await;
-        big.flush().await;
+        big.flush(&[]).await;
         // too little to be worth a write
         assert_eq!(big.buf.len(), 999);
         big.push(&data[STREAM_CHUNK + 1000..STREAM_CHUNK + 40_000])
             .await;
-        big.flush().await;
+        big.flush(&[]).await;
         assert!(big.buf.is_empty());
         big.push(&data[STREAM_CHUNK + 40_000..]).await;
         match finish(big).await {
@@ -545,7 +841,7 @@ mod tests {
         }
         let held = large.buf.len();
         assert!(held >= FLUSH_MIN);
-        large.flush().await;
+        large.flush(&[]).await;
         assert_eq!(large.buf.len(), held);
     }
 

@@ -12,7 +12,7 @@
 //! drops its handle; whatever was not finished then (an object cut off by an
 //! abort) is dropped with its spool file.
 
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -174,6 +174,36 @@ impl Writer {
         self.run(Job::Piece { seq, buf }).await
     }
 
+    /// Whether pieces are written on the caller's thread, at once.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.route, Route::Inline(_))
+    }
+
+    /// Write a piece of object `seq` given as slices, in order: from where
+    /// they lie on an inline writer (one `writev`, no copy), copied into one
+    /// buffer for a writer thread.
+    pub async fn piece_vectored(
+        &self,
+        seq: u64,
+        slices: &mut [IoSlice<'_>],
+    ) -> Result<(), WriteError> {
+        match &self.route {
+            Route::Inline(work) => {
+                work.lock()
+                    .map_err(|_| WriteError::Gone)?
+                    .write_piece_vectored(seq, slices);
+                Ok(())
+            }
+            Route::Thread(_) => {
+                let mut buf = self.buffer();
+                for slice in slices.iter() {
+                    buf.extend_from_slice(slice);
+                }
+                self.piece(seq, buf).await
+            }
+        }
+    }
+
     /// Drop object `seq` (refused after some of it was written).
     pub async fn discard(&self, seq: u64) {
         // A writer that is gone has dropped everything already.
@@ -254,19 +284,36 @@ impl FileWork {
         }
     }
 
-    fn write_piece(&mut self, seq: u64, buf: &[u8]) {
+    /// The spool file of object `seq`, created with its first piece.
+    fn current(&mut self, seq: u64) -> &mut Current {
         // A piece of a new object: whatever was left of an older one was
         // abandoned (its spool file goes with it).
-        let current = match &mut self.current {
-            Some(c) if c.seq == seq => c,
-            _ => self.current.insert(Current {
-                seq,
-                file: self.place.create(),
-            }),
-        };
+        if self.current.as_ref().is_some_and(|c| c.seq != seq) {
+            self.current = None;
+        }
+        let place = &self.place;
+        self.current.get_or_insert_with(|| Current {
+            seq,
+            file: place.create(),
+        })
+    }
+
+    fn write_piece(&mut self, seq: u64, buf: &[u8]) {
+        let current = self.current(seq);
         if let Ok(file) = &mut current.file {
             match file.file.write_all(buf) {
                 Ok(()) => file.len += buf.len() as u64,
+                Err(e) => current.file = Err(e),
+            }
+        }
+    }
+
+    fn write_piece_vectored(&mut self, seq: u64, slices: &mut [IoSlice<'_>]) {
+        let current = self.current(seq);
+        if let Ok(file) = &mut current.file {
+            let len: usize = slices.iter().map(|s| s.len()).sum();
+            match write_all_vectored(&mut file.file, slices) {
+                Ok(()) => file.len += len as u64,
                 Err(e) => current.file = Err(e),
             }
         }
@@ -305,6 +352,21 @@ impl FileWork {
             Then::Publish { .. } => Ok(Finished::Spooled(object?)),
         }
     }
+}
+
+/// Write all of `slices`, in order, in as few `writev` calls as the
+/// kernel takes.
+fn write_all_vectored(file: &mut std::fs::File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
