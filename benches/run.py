@@ -579,6 +579,13 @@ def plan(args: argparse.Namespace) -> list[Group]:
     return out
 
 
+def rotated(receivers: Sequence[str], rep: int) -> list[str]:
+    """The order of round ``rep``: each round starts one receiver further
+    on, so that no receiver always runs first, or always after the same one."""
+    k = rep % len(receivers) if receivers else 0
+    return [*receivers[k:], *receivers[:k]]
+
+
 METRICS = (
     "files_per_s",
     "mb_per_s",
@@ -971,7 +978,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             keep = kept if g.storage == "disk" and g.dataset != "big" else None
             warm_up_group(g, sender, data, storage[g.storage], warm, logs, skipped, keep)
             for rep in range(args.repeat):
-                for name in g.receivers:
+                for name in rotated(g.receivers, rep):
                     done += 1
                     runs = g.runs.setdefault(name, [])
                     why = skipped.get(name) or skipped.get(g.sender)

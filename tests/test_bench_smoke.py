@@ -63,3 +63,14 @@ def test_benchmark_harness_smoke(tmp_path: Path) -> None:
         assert b["files_per_s"] == a["files_per_s"]
         assert b["vs_dcmtk_paired"] == a["vs_dcmtk_paired"]
     assert pooled_out.with_suffix(".md").read_text().count("| dicom-storescp-py |") >= 1
+
+
+def test_each_round_starts_one_receiver_further_on() -> None:
+    sys.path.insert(0, str(ROOT / "benches"))
+    try:
+        import run  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(ROOT / "benches"))
+    rounds = [run.rotated(["a", "b", "c"], rep) for rep in range(4)]
+    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert run.rotated([], 2) == []
