@@ -33,6 +33,8 @@ pub struct ServerContext {
     pub extraction: Arc<Extraction>,
     pub studies: StudyTracker,
     pub stats: Arc<crate::stats::Stats>,
+    /// Prepares spool files ahead of time, where that pays (tmpfs).
+    pub preparer: Option<crate::prepare::Preparer>,
 }
 
 impl ServerContext {
@@ -50,8 +52,11 @@ impl ServerContext {
             events.clone(),
             stats.clone(),
         );
+        let preparer =
+            crate::prepare::Preparer::for_place(&SpoolPlace::of(storage.as_ref()), stats.clone());
         Ok(ServerContext {
             policy: config.policy()?,
+            preparer,
             storage,
             events,
             extraction,
@@ -490,6 +495,9 @@ impl Session {
                     )
                 }
             }
+            if let Some(w) = &self.writer {
+                w.quick_peer(reader.peer_quick());
+            }
             if !reader.has_pdu() {
                 // About to wait for the peer: write what came meanwhile
                 // (before the reader receives, or moves its bytes).
@@ -507,11 +515,12 @@ impl Session {
         if let Some(w) = &self.writer {
             return Ok(w.clone());
         }
-        let place = SpoolPlace {
-            dir: self.ctx.storage.spool_dir().to_path_buf(),
-            anonymous: self.ctx.storage.anonymous_spool(),
-        };
-        let w = Writer::start(place, self.ctx.storage.clone(), self.placement)?;
+        let w = Writer::start(
+            SpoolPlace::of(self.ctx.storage.as_ref()),
+            self.ctx.storage.clone(),
+            self.placement,
+            self.ctx.preparer.clone(),
+        )?;
         self.writer = Some(w.clone());
         Ok(w)
     }

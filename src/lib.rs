@@ -9,6 +9,7 @@
 //! - [`file_meta`]: the Part-10 prefix (preamble, file meta group)
 //! - [`receive`]: gathering an object's fragments, checking it, storing it
 //! - [`writer`]: an association's blocking file work, on a thread of its own
+//! - [`prepare`]: spool files made ready off the association's thread (tmpfs)
 //! - [`storage`]: storage backends behind one trait
 //! - [`header`]: reading UIDs and tags from the head of a data set
 //! - [`charset`]: decoding text per Specific Character Set
@@ -32,6 +33,7 @@ pub mod header;
 pub mod memory;
 pub mod negotiation;
 pub mod pdu;
+pub mod prepare;
 pub mod receive;
 pub mod server;
 pub mod spin;

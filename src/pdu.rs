@@ -212,6 +212,15 @@ impl PduReader {
         self.announced = usize::try_from(bytes).unwrap_or(usize::MAX);
     }
 
+    /// Whether the peer has lately sent its requests within the spinning
+    /// budget of our responses (see [`crate::spin`]); true until a gap was
+    /// measured, false for a reader that does not spin.
+    pub fn peer_quick(&self) -> bool {
+        self.spinner
+            .as_ref()
+            .is_some_and(|s| s.estimate() < crate::spin::BUDGET)
+    }
+
     /// Whether the next [`PduReader::read`] returns a PDU already received,
     /// without waiting for the socket.
     pub fn has_pdu(&self) -> bool {

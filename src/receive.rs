@@ -600,7 +600,7 @@ mod tests {
             anonymous: false,
         };
         (
-            Writer::start(place, Arc::new(storage), placement).unwrap(),
+            Writer::start(place, Arc::new(storage), placement, None).unwrap(),
             spool,
         )
     }

@@ -14,10 +14,12 @@
 
 use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::prepare::{Prepared, Preparer};
 use crate::storage::{ObjectKey, SpoolFile, Spooled, Storage, StorageError, Stored};
 
 /// Pieces queued to a writer beyond the one it is writing; the sender waits
@@ -35,6 +37,14 @@ pub struct SpoolPlace {
 }
 
 impl SpoolPlace {
+    /// Where `storage` wants its spool files.
+    pub fn of(storage: &dyn Storage) -> SpoolPlace {
+        SpoolPlace {
+            dir: storage.spool_dir().to_path_buf(),
+            anonymous: storage.anonymous_spool(),
+        }
+    }
+
     fn create_once(&self) -> io::Result<SpoolFile> {
         if self.anonymous {
             SpoolFile::create_anonymous(&self.dir)
@@ -102,6 +112,8 @@ enum Job {
 pub struct Writer {
     route: Route,
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Whether spool files are prepared ahead (see [`Writer::quick_peer`]).
+    quick_peer: Arc<AtomicBool>,
 }
 
 /// Where a writer's jobs run.
@@ -122,18 +134,22 @@ pub enum Placement {
 }
 
 impl Writer {
-    /// Start a writer (a thread, for [`Placement::OwnThread`]).
+    /// Start a writer (a thread, for [`Placement::OwnThread`]), taking its
+    /// spool files from `preparer` when it has them ready.
     pub fn start(
         place: SpoolPlace,
         storage: Arc<dyn Storage>,
         placement: Placement,
+        preparer: Option<Preparer>,
     ) -> io::Result<Writer> {
         let spare = Arc::new(Mutex::new(Vec::new()));
+        let quick_peer = Arc::new(AtomicBool::new(true));
         let work = FileWork {
             place,
             storage,
             spare: spare.clone(),
             current: None,
+            prepared: preparer.map(|p| Prepared::new(p, quick_peer.clone())),
         };
         let route = match placement {
             Placement::Inline => Route::Inline(Arc::new(Mutex::new(work))),
@@ -145,7 +161,11 @@ impl Writer {
                 Route::Thread(tx)
             }
         };
-        Ok(Writer { route, spare })
+        Ok(Writer {
+            route,
+            spare,
+            quick_peer,
+        })
     }
 
     /// An empty buffer, reused when one is free.
@@ -172,6 +192,12 @@ impl Writer {
     /// Write a piece of object `seq`.
     pub async fn piece(&self, seq: u64, buf: Vec<u8>) -> Result<(), WriteError> {
         self.run(Job::Piece { seq, buf }).await
+    }
+
+    /// Say whether the peer sends its next object as soon as it has our
+    /// response: only then are spool files prepared ahead, where they are.
+    pub fn quick_peer(&self, quick: bool) {
+        self.quick_peer.store(quick, Ordering::Relaxed);
     }
 
     /// Whether pieces are written on the caller's thread, at once.
@@ -241,6 +267,8 @@ struct FileWork {
     storage: Arc<dyn Storage>,
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
     current: Option<Current>,
+    /// Where this writer's next spool file is prepared, if it is.
+    prepared: Option<Prepared>,
 }
 
 impl FileWork {
@@ -291,10 +319,13 @@ impl FileWork {
         if self.current.as_ref().is_some_and(|c| c.seq != seq) {
             self.current = None;
         }
-        let place = &self.place;
+        let (place, prepared) = (&self.place, &self.prepared);
         self.current.get_or_insert_with(|| Current {
             seq,
-            file: place.create(),
+            file: prepared
+                .as_ref()
+                .and_then(|p| p.take())
+                .map_or_else(|| place.create(), Ok),
         })
     }
 
@@ -327,6 +358,10 @@ impl FileWork {
                 file.file.write_all(&tail)?;
                 file.len += tail.len() as u64;
                 self.recycle(tail);
+                file.trim();
+                if let Some(p) = &mut self.prepared {
+                    p.finished(file.len);
+                }
                 Spooled::File(file)
             }
             _ => Spooled::Memory(tail),
@@ -388,7 +423,7 @@ mod tests {
             dir: storage.spool_dir().to_path_buf(),
             anonymous: storage.anonymous_spool(),
         };
-        Writer::start(place, Arc::new(storage), placement).unwrap()
+        Writer::start(place, Arc::new(storage), placement, None).unwrap()
     }
 
     /// Either way: pieces, then the tail, published; a discarded object
@@ -427,6 +462,63 @@ mod tests {
         };
         assert!(writer.finish(3, b"y".to_vec(), then).await.is_err());
         std::fs::remove_file(dir.path()).unwrap();
+    }
+
+    /// With a preparer (tmpfs): after a first object, the next one is
+    /// written into a prepared file reserving the first one's size, and is
+    /// published holding exactly its own bytes; with a slow peer nothing is
+    /// prepared.
+    #[tokio::test(flavor = "current_thread")]
+    async fn prepared_spool_files_hold_exactly_the_object() {
+        use std::os::unix::fs::MetadataExt;
+        if !std::path::Path::new("/dev/shm").is_dir() {
+            return;
+        }
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let storage = FilesystemStorage::new(dir.path()).unwrap();
+        let place = SpoolPlace {
+            dir: storage.spool_dir().to_path_buf(),
+            anonymous: storage.anonymous_spool(),
+        };
+        let preparer =
+            crate::prepare::Preparer::for_place(&place, Arc::default()).expect("tmpfs spool");
+        let writer =
+            Writer::start(place, Arc::new(storage), Placement::Inline, Some(preparer)).unwrap();
+        let publish = |sop: &str| Then::Publish { key: key(sop) };
+        let mut stored = Vec::new();
+        for (seq, size) in [(1u64, 600_000usize), (2, 250_000), (3, 250_000)] {
+            // give the preparer the time of an object
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let body = vec![seq as u8; size];
+            writer.piece(seq, body[..size - 10].to_vec()).await.unwrap();
+            let sop = format!("1.2.3.{seq}");
+            let Finished::Published(s) = writer
+                .finish(seq, body[size - 10..].to_vec(), publish(&sop))
+                .await
+                .unwrap()
+            else {
+                panic!("not published");
+            };
+            stored.push((s.location, body));
+        }
+        for (location, body) in &stored {
+            let meta = std::fs::metadata(location).unwrap();
+            assert_eq!(meta.len(), body.len() as u64);
+            // no reservation left past the end (object 2 had 600,000 reserved)
+            assert!(meta.blocks() * 512 < body.len() as u64 + 64 * 1024);
+            assert!(std::fs::read(location).unwrap() == *body);
+        }
+
+        // a slow peer: nothing is asked for
+        writer.quick_peer(false);
+        let FileWork { prepared, .. } = &*match &writer.route {
+            Route::Inline(work) => work.lock().unwrap(),
+            Route::Thread(_) => unreachable!(),
+        };
+        let prepared = prepared.as_ref().unwrap();
+        let _ = prepared.take();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(prepared.take().is_none(), "prepared for a slow peer");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

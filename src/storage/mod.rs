@@ -112,6 +112,8 @@ pub struct SpoolFile {
     pub file: File,
     /// Bytes written to `file`.
     pub len: u64,
+    /// Bytes reserved for `file` ahead of writing (see `prepare.rs`).
+    pub reserved: u64,
 }
 
 static SPOOL_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -137,6 +139,7 @@ impl SpoolFile {
                         path: Some(path),
                         file,
                         len: 0,
+                        reserved: 0,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -165,6 +168,7 @@ impl SpoolFile {
                         path: None,
                         file,
                         len: 0,
+                        reserved: 0,
                     })
                 }
                 Err(e)
@@ -185,6 +189,42 @@ impl SpoolFile {
 
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// Reserve `size` bytes for the file without changing its length
+    /// (`fallocate` with `FALLOC_FL_KEEP_SIZE`), so that writing them later
+    /// finds the space allocated.
+    pub fn reserve(&mut self, size: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let len = libc::off_t::try_from(size)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: the descriptor is open for as long as `self.file` is.
+            let rc = unsafe {
+                libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len)
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            self.reserved = size;
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = size;
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        }
+    }
+
+    /// Give back what was reserved past the bytes written.
+    pub fn trim(&mut self) {
+        if self.reserved > self.len {
+            // Truncating to the length it has frees the blocks past it; if
+            // that fails the file still reads the same, only larger on disk.
+            let _ = self.file.set_len(self.len);
+        }
+        self.reserved = 0;
     }
 
     /// Give up ownership of the path: the caller has moved the file.
