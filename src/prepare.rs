@@ -240,13 +240,18 @@ mod tests {
         }
     }
 
+    /// A preparer for a fresh folder, with one core, and an empty slot.
+    fn preparer_and_slot() -> (tempfile::TempDir, Preparer, Arc<Slot>) {
+        let dir = tempfile::tempdir().unwrap();
+        let preparer = Preparer::start(place(dir.path()), Arc::default(), 1).unwrap();
+        (dir, preparer, Arc::new(Slot::default()))
+    }
+
     /// A prepared file is empty, reserves what was asked, and once written
     /// and trimmed holds exactly what was written.
     #[test]
     fn prepares_reserves_and_trims() {
-        let dir = tempfile::tempdir().unwrap();
-        let preparer = Preparer::start(place(dir.path()), Arc::default(), 1).unwrap();
-        let slot = Arc::new(Slot::default());
+        let (_dir, preparer, slot) = preparer_and_slot();
         preparer.ask(&slot, 300_000);
         let mut file = wait_for(&slot);
         assert_eq!(file.len, 0);
@@ -270,9 +275,7 @@ mod tests {
     /// for sizes out of range.
     #[test]
     fn prepares_only_when_wanted() {
-        let dir = tempfile::tempdir().unwrap();
-        let preparer = Preparer::start(place(dir.path()), Arc::default(), 1).unwrap();
-        let slot = Arc::new(Slot::default());
+        let (_dir, preparer, slot) = preparer_and_slot();
         preparer.ask(&slot, 0);
         preparer.ask(&slot, MAX_PREPARED + 1);
         // a request behind them shows they were skipped
