@@ -419,10 +419,7 @@ mod tests {
 
     fn writer(dir: &std::path::Path, placement: Placement) -> Writer {
         let storage = FilesystemStorage::new(dir).unwrap();
-        let place = SpoolPlace {
-            dir: storage.spool_dir().to_path_buf(),
-            anonymous: storage.anonymous_spool(),
-        };
+        let place = SpoolPlace::of(&storage);
         Writer::start(place, Arc::new(storage), placement, None).unwrap()
     }
 
@@ -476,10 +473,7 @@ mod tests {
         }
         let dir = tempfile::tempdir_in("/dev/shm").unwrap();
         let storage = FilesystemStorage::new(dir.path()).unwrap();
-        let place = SpoolPlace {
-            dir: storage.spool_dir().to_path_buf(),
-            anonymous: storage.anonymous_spool(),
-        };
+        let place = SpoolPlace::of(&storage);
         let preparer =
             crate::prepare::Preparer::for_place(&place, Arc::default()).expect("tmpfs spool");
         let writer =

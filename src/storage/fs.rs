@@ -166,11 +166,7 @@ impl FilesystemStorage {
         let mut spool = match object {
             Spooled::File(f) => f,
             Spooled::Memory(bytes) => {
-                let place = crate::writer::SpoolPlace {
-                    dir: self.spool.clone(),
-                    anonymous: self.anonymous,
-                };
-                let mut f = place
+                let mut f = crate::writer::SpoolPlace::of(self)
                     .create()
                     .map_err(|e| StorageError::io("cannot create spool file", e))?;
                 f.file
