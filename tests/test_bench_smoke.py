@@ -4,11 +4,20 @@ ever measured by `python3 benches/run.py`, never asserted here)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
+
+import pydicom
+import pytest
+from conftest import Prepared, RunningScp, dataset_bytes
+from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
+LOADGEN_MANIFEST = ROOT / "benches" / "loadgen" / "Cargo.toml"
 
 
 def _bench(script: str, *args: str, timeout: float) -> None:
@@ -74,3 +83,54 @@ def test_each_round_starts_one_receiver_further_on() -> None:
     rounds = [run.rotated(["a", "b", "c"], rep) for rep in range(4)]
     assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert run.rotated([], 2) == []
+
+
+def test_loadgen_streams_large_data_sets_byte_for_byte(
+    corpus: dict[str, Prepared], scp_factory: Callable[..., RunningScp], tmp_path: Path
+) -> None:
+    """The load generator sends a data set above --stream-above from its file
+    (as it does the benchmark's 1 GB object) and the receiver stores exactly
+    the file's data set; with --stream-above 0 every object goes that way."""
+    if shutil.which("cargo") is None:
+        pytest.skip("cargo is needed to build benches/loadgen")
+    subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(LOADGEN_MANIFEST)],
+        check=True,
+        timeout=600,
+    )
+    loadgen = LOADGEN_MANIFEST.parent / "target" / "release" / "loadgen"
+    # Native transfer syntaxes only: the load generator sends a file's data
+    # set as it is, and a deflated one of odd length would need padding.
+    files = [p for p in corpus.values() if p.transfer_syntax_uid in _NATIVE]
+    assert len(files) >= 3, [p.name for p in corpus.values()]
+    # One data set of several 1 MiB writes, its last fragment in the last one.
+    ds = pydicom.dcmread(files[0].path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.private_block(0x0009, "DICOM-STORESCP TEST", create=True).add_new(
+        0x01, "OB", os.urandom(3 * 1024 * 1024 + 2)
+    )
+    big = tmp_path / "big.dcm"
+    ds.save_as(big, enforce_file_format=True)
+    files.append(Prepared.from_dataset(ds, big))
+    scp = scp_factory()
+    proc = subprocess.run(
+        [str(loadgen), "--port", str(scp.port), "--stream-above", "0", "--timeout", "60"]
+        + [str(p.path) for p in files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["ok"] and report["sent"] == len(files), report
+    scp.log.wait_for("OnFileStored", len(files))
+    for p in files:
+        stored = p.expected_path(scp.out_dir)
+        assert stored.read_bytes() == dataset_bytes(p.path), p.name
+
+
+_NATIVE = {
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+}

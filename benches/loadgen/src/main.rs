@@ -6,7 +6,10 @@
 //! that maximum). Then the clock starts: N associations, one thread each,
 //! replay those buffers: one `write_all` per object, then a wait for its
 //! C-STORE-RSP. Blocking sockets with TCP_NODELAY, no parsing or copying while
-//! the clock runs.
+//! the clock runs. An object whose data set is larger than `--stream-above`
+//! (64 MiB) is the exception: only its command is pre-encoded, and its data
+//! set is read from the file into one reused buffer, between the PDU
+//! headers, about 1 MiB per `write`.
 //!
 //! Output on stdout: `ready` once everything is encoded (with `--wait-go`,
 //! the clock starts only when a line arrives on stdin), `go` when the clock
@@ -15,7 +18,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,12 +68,20 @@ struct Options {
     calling_ae: String,
     timeout: Duration,
     wait_go: bool,
+    stream_above: u64,
     files: Vec<PathBuf>,
 }
 
 const USAGE: &str = "loadgen --port PORT [--host HOST] [--associations N] \
 [--called-ae AE] [--calling-ae AE] [--timeout SECONDS] [--wait-go] \
-(--list FILE | --dir DIR | FILE...)";
+[--stream-above BYTES] (--list FILE | --dir DIR | FILE...)";
+
+/// Data sets larger than this are not pre-encoded but read from their file
+/// while the clock runs, about 1 MiB per `write` from one reused buffer: a
+/// sender that copies a 1 GB object out of memory it has just filled is
+/// slower, and makes every receiver slower, than one that copies it from a
+/// buffer still in the CPU's cache (see benches/README.md).
+const DEFAULT_STREAM_ABOVE: u64 = 64 << 20;
 
 fn parse_args() -> Result<Options> {
     let mut opts = Options {
@@ -81,6 +92,7 @@ fn parse_args() -> Result<Options> {
         calling_ae: "LOADGEN".into(),
         timeout: Duration::from_secs(120),
         wait_go: false,
+        stream_above: DEFAULT_STREAM_ABOVE,
         files: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -127,6 +139,11 @@ fn parse_args() -> Result<Options> {
                 collect_files(&dir, &mut opts.files)?;
             }
             "--wait-go" => opts.wait_go = true,
+            "--stream-above" => {
+                opts.stream_above = value("--stream-above")?
+                    .parse()
+                    .map_err(|_| Error::Usage("--stream-above must be a byte count".into()))?
+            }
             "-h" | "--help" => return Err(Error::Usage(USAGE.into())),
             s if s.starts_with('-') => return Err(Error::Usage(format!("unknown flag {s}"))),
             _ => opts.files.push(PathBuf::from(arg)),
@@ -342,7 +359,8 @@ fn encode_c_store_rq(message_id: u16, sop_class: &str, sop_instance: &str) -> Ve
     command
 }
 
-/// Appends `len` bytes from `src` as P-DATA-TF PDUs of one PDV each.
+/// Appends `len` bytes from `src` as P-DATA-TF PDUs of one PDV each; the
+/// last of them ends the message if `ends`.
 fn put_pdvs(
     out: &mut Vec<u8>,
     context_id: u8,
@@ -350,12 +368,13 @@ fn put_pdvs(
     src: &mut impl Read,
     len: u64,
     max_fragment: usize,
+    ends: bool,
 ) -> io::Result<()> {
     let mut left = len;
     loop {
         let fragment = left.min(max_fragment as u64) as usize;
         left -= fragment as u64;
-        let control = u8::from(command) | if left == 0 { 2 } else { 0 };
+        let control = u8::from(command) | if left == 0 && ends { 2 } else { 0 };
         out.push(0x04);
         out.push(0);
         put_u32(out, (fragment + 6) as u32);
@@ -371,28 +390,66 @@ fn put_pdvs(
     }
 }
 
-/// One object, ready to go: command and data set PDUs back to back.
-fn encode_object(
+/// An object ready to go.
+enum Payload {
+    /// Command and data set PDUs back to back.
+    Whole(Vec<u8>),
+    /// The command's PDUs; the data set is read from its file as it is sent.
+    Streamed {
+        command: Vec<u8>,
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        context_id: u8,
+    },
+}
+
+/// The command's P-DATA-TF PDUs.
+fn encode_command(
     file: &DicomFile,
     message_id: u16,
     context_id: u8,
     max_fragment: usize,
-) -> Result<Vec<u8>> {
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let command = encode_c_store_rq(message_id, &file.sop_class, &file.sop_instance);
-    let pdus = 1 + command.len() / max_fragment + (file.dataset_len as usize) / max_fragment;
-    let mut out = Vec::with_capacity(command.len() + file.dataset_len as usize + 12 * (pdus + 1));
-    let ctx = || file.path.display().to_string();
     put_pdvs(
-        &mut out,
+        out,
         context_id,
         true,
         &mut command.as_slice(),
         command.len() as u64,
         max_fragment,
+        true,
     )
-    .map_err(io_err(ctx()))?;
+    .map_err(io_err(file.path.display().to_string()))
+}
+
+fn encode_object(
+    file: &DicomFile,
+    message_id: u16,
+    context_id: u8,
+    max_fragment: usize,
+    stream_above: u64,
+) -> Result<Payload> {
+    if file.dataset_len > stream_above {
+        let mut command = Vec::new();
+        encode_command(file, message_id, context_id, max_fragment, &mut command)?;
+        return Ok(Payload::Streamed {
+            command,
+            path: file.path.clone(),
+            offset: file.dataset_offset,
+            len: file.dataset_len,
+            context_id,
+        });
+    }
+    let pdus = 2 + (file.dataset_len as usize) / max_fragment;
+    let mut out = Vec::with_capacity(256 + file.dataset_len as usize + 12 * (pdus + 1));
+    encode_command(file, message_id, context_id, max_fragment, &mut out)?;
+    let ctx = || file.path.display().to_string();
     let mut f = File::open(&file.path).map_err(io_err(ctx()))?;
-    io::copy(&mut (&mut f).take(file.dataset_offset), &mut io::sink()).map_err(io_err(ctx()))?;
+    f.seek(SeekFrom::Start(file.dataset_offset))
+        .map_err(io_err(ctx()))?;
     put_pdvs(
         &mut out,
         context_id,
@@ -400,9 +457,63 @@ fn encode_object(
         &mut f,
         file.dataset_len,
         max_fragment,
+        true,
     )
     .map_err(io_err(ctx()))?;
-    Ok(out)
+    Ok(Payload::Whole(out))
+}
+
+/// About this much of a streamed data set goes in one `write`.
+const STREAM_BATCH: usize = 1 << 20;
+
+/// Send the data set of `len` bytes that `file` holds from its position on,
+/// as P-DATA-TF PDUs of one fragment each, about [`STREAM_BATCH`] per
+/// `write` from one reused buffer.
+fn stream_dataset(
+    stream: &mut TcpStream,
+    file: &mut File,
+    len: u64,
+    context_id: u8,
+    max_fragment: usize,
+) -> io::Result<()> {
+    let batch = ((STREAM_BATCH / max_fragment).max(1) * max_fragment) as u64;
+    let mut buf =
+        Vec::with_capacity(STREAM_BATCH + max_fragment + 12 * (batch as usize / max_fragment + 1));
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(batch);
+        left -= n;
+        buf.clear();
+        put_pdvs(
+            &mut buf,
+            context_id,
+            false,
+            file,
+            n,
+            max_fragment,
+            left == 0,
+        )?;
+        stream.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+fn send_object(stream: &mut TcpStream, payload: &Payload, max_fragment: usize) -> io::Result<()> {
+    match payload {
+        Payload::Whole(buf) => stream.write_all(buf),
+        Payload::Streamed {
+            command,
+            path,
+            offset,
+            len,
+            context_id,
+        } => {
+            stream.write_all(command)?;
+            let mut file = File::open(path)?;
+            file.seek(SeekFrom::Start(*offset))?;
+            stream_dataset(stream, &mut file, *len, *context_id, max_fragment)
+        }
+    }
 }
 
 // ---------------------------------------------------------------- PDU reading
@@ -654,7 +765,7 @@ fn replay(
     rq: &[u8],
     contexts: &[Proposed],
     max_fragment: usize,
-    objects: Vec<(Vec<u8>, u64)>,
+    objects: Vec<(Payload, u64)>,
     start: &Barrier,
 ) -> Outcome {
     let mut outcome = Outcome::default();
@@ -668,10 +779,8 @@ fn replay(
                 accepted.max_pdu
             )));
         }
-        for (buf, dataset_len) in &objects {
-            assoc
-                .stream
-                .write_all(buf)
+        for (payload, dataset_len) in &objects {
+            send_object(&mut assoc.stream, payload, max_fragment)
                 .map_err(io_err("sending a C-STORE-RQ"))?;
             let status = read_response_status(&mut assoc.reader)?;
             outcome.sent += 1;
@@ -753,14 +862,20 @@ fn run(opts: Options) -> Result<bool> {
 
     // Contiguous shares, as with one sender process per association.
     let per = files.len().div_ceil(opts.associations);
-    let mut shares: Vec<Vec<(Vec<u8>, u64)>> = Vec::new();
+    let mut shares: Vec<Vec<(Payload, u64)>> = Vec::new();
     for (chunk_index, chunk) in files.chunks(per).enumerate() {
         let mut share = Vec::with_capacity(chunk.len());
         for (i, f) in chunk.iter().enumerate() {
             let index = chunk_index * per + i;
             let message_id = (i % 65535 + 1) as u16;
             share.push((
-                encode_object(f, message_id, context_of[index], max_fragment)?,
+                encode_object(
+                    f,
+                    message_id,
+                    context_of[index],
+                    max_fragment,
+                    opts.stream_above,
+                )?,
                 f.dataset_len,
             ));
         }
