@@ -498,6 +498,7 @@ impl Session {
             if let Some(w) = &self.writer {
                 w.quick_peer(reader.peer_quick());
             }
+            reader.expect_at_least(self.owed());
             if !reader.has_pdu() {
                 // About to wait for the peer: write what came meanwhile
                 // (before the reader receives, or moves its bytes).
@@ -506,7 +507,6 @@ impl Session {
                 }
                 reader.shrink(self.ctx.config.max_pdu_length as usize + pdu::HEADER_LEN);
             }
-            reader.expect_at_least(self.owed());
         }
     }
 

@@ -93,6 +93,11 @@ const MAX_ANNOUNCED_WAIT: usize = 64 * 1024;
 /// end is still far.
 const FAR_FROM_THE_END: usize = 1024 * 1024;
 
+/// Size of the receive buffer while a large object streams in (more than
+/// [`FAR_FROM_THE_END`] announced): one read takes whatever has arrived, up
+/// to this much, and its fragments are written from here in one `writev`.
+const STREAM_BUFFER: usize = 1024 * 1024;
+
 /// Announced bytes not waited for together with the rest: about one PDU at
 /// the default maximum length, so that the data set's end (which the sender
 /// waits behind) comes on its own and finds the rest written.
@@ -342,6 +347,9 @@ impl PduReader {
         }
         let follows = std::mem::take(&mut self.follows);
         let announced = std::mem::take(&mut self.announced);
+        if announced > FAR_FROM_THE_END && self.buf.len() < STREAM_BUFFER {
+            self.buf.resize(STREAM_BUFFER, 0);
+        }
         let mut hoped = match announced.checked_sub(KEEP_BACK) {
             Some(before_the_end) if before_the_end > 0 => {
                 let stretch = if announced > FAR_FROM_THE_END {
@@ -402,6 +410,9 @@ impl PduReader {
     /// Release memory held after a large PDU, keeping a modest buffer
     /// (this moves the bytes of [`PduReader::window`]).
     pub fn shrink(&mut self, keep: usize) {
+        if self.announced > FAR_FROM_THE_END {
+            return; // a large object is streaming in: the buffer is wanted again
+        }
         let keep = keep.max(READ_BUFFER);
         if self.buf.len() > keep.saturating_mul(2) && self.available() <= keep {
             let consumed = self.start + self.handed_out;
@@ -719,6 +730,45 @@ mod tests {
         let pdu = reader.read(&mut wire, 100).await.unwrap();
         assert_eq!(pdu.pdu_type, A_RELEASE_RQ);
         assert_eq!(pdu.body(), &[0, 0, 0, 0]);
+    }
+
+    /// While a large object streams in, one read takes up to a MiB of its
+    /// fragments (written from the buffer in one go) and the buffer is
+    /// kept; near the object's end it is released again.
+    #[tokio::test]
+    async fn a_large_object_is_read_a_mib_at_a_time() {
+        let mut wire = Vec::new();
+        for _ in 0..100 {
+            wire.extend_from_slice(&fragment(16 * 1024, false));
+        }
+        let mut stream: &[u8] = &wire;
+        let mut reader = PduReader::default();
+        reader.read(&mut stream, 1 << 20).await.unwrap();
+        assert!(reader.window().len() <= READ_BUFFER, "no announcement yet");
+        // as the association does: announce what is owed, then shrink
+        reader.expect_at_least(64 << 20);
+        reader.read(&mut stream, 1 << 20).await.unwrap();
+        reader.expect_at_least(64 << 20);
+        reader.shrink(16 * 1024);
+        assert_eq!(reader.buf.len(), STREAM_BUFFER);
+        while reader.has_pdu() {
+            reader.read(&mut stream, 1 << 20).await.unwrap();
+            reader.expect_at_least(64 << 20);
+        }
+        reader.shrink(16 * 1024);
+        reader.read(&mut stream, 1 << 20).await.unwrap();
+        // the second receive took everything the wire held, in one read
+        assert!(
+            reader.window().len() > 512 * 1024,
+            "{}",
+            reader.window().len()
+        );
+        while reader.has_pdu() {
+            reader.read(&mut stream, 1 << 20).await.unwrap();
+        }
+        reader.expect_at_least(100 * 1024);
+        reader.shrink(16 * 1024);
+        assert!(reader.buf.len() <= 2 * READ_BUFFER);
     }
 
     /// A P-DATA-TF with one value of `len` bytes; `last` sets the

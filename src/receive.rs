@@ -188,7 +188,6 @@ impl Incoming {
         let in_place = self.head.is_some()
             && self.error.is_none()
             && data.len() >= MIN_IN_PLACE
-            && self.len <= LARGE_OBJECT
             && self.writer.is_inline();
         if !in_place {
             self.copy_in_place(window);
@@ -205,15 +204,15 @@ impl Incoming {
 
     /// Write what is buffered of an object already being written while it
     /// arrives, when there is enough of it: called while the connection has
-    /// nothing more to read, so that the object's end finds little to write.
-    /// Large objects keep their large pieces: one tail matters little there.
+    /// nothing more to read, so that the object's end finds little to write
+    /// (and, for a large object, so that its fragments are written from the
+    /// reader's buffer, which then holds up to a MiB of them, not copied).
     /// Fragments left in `window` are written or copied: the reader may
     /// receive after this.
     pub async fn flush(&mut self, window: &[u8]) {
         if self.head.is_none()
             || self.error.is_some()
             || self.buf.len() + self.in_place_len < FLUSH_MIN
-            || self.len > LARGE_OBJECT
         {
             self.copy_in_place(window);
             return;
@@ -834,15 +833,14 @@ mod tests {
             Spooled::Memory(_) => panic!("should have been written"),
         }
 
-        // past LARGE_OBJECT an object keeps its large pieces
+        // past LARGE_OBJECT too (the reader then holds up to a MiB of it)
         let mut large = Incoming::new(w.clone(), 3, STREAM_CHUNK, Vec::new());
         for _ in 0..(LARGE_OBJECT as usize / data.len() + 1) {
             large.push(&data).await;
         }
-        let held = large.buf.len();
-        assert!(held >= FLUSH_MIN);
+        assert!(large.buf.len() >= FLUSH_MIN);
         large.flush(&[]).await;
-        assert_eq!(large.buf.len(), held);
+        assert!(large.buf.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
