@@ -348,7 +348,13 @@ impl PduReader {
         let follows = std::mem::take(&mut self.follows);
         let announced = std::mem::take(&mut self.announced);
         if announced > FAR_FROM_THE_END && self.buf.len() < STREAM_BUFFER {
-            self.buf.resize(STREAM_BUFFER, 0);
+            // A fresh zeroed allocation (pages the kernel zeroes as they are
+            // touched) rather than zero-filling 1 MiB here.
+            let mut grown = vec![0; STREAM_BUFFER];
+            if let (Some(dst), Some(src)) = (grown.get_mut(..self.end), self.buf.get(..self.end)) {
+                dst.copy_from_slice(src);
+            }
+            self.buf = grown;
         }
         let mut hoped = match announced.checked_sub(KEEP_BACK) {
             Some(before_the_end) if before_the_end > 0 => {
