@@ -743,10 +743,7 @@ mod tests {
     /// kept; near the object's end it is released again.
     #[tokio::test]
     async fn a_large_object_is_read_a_mib_at_a_time() {
-        let mut wire = Vec::new();
-        for _ in 0..100 {
-            wire.extend_from_slice(&fragment(16 * 1024, false));
-        }
+        let wire = fragment(16 * 1024, false).repeat(40);
         let mut stream: &[u8] = &wire;
         let mut reader = PduReader::default();
         reader.read(&mut stream, 1 << 20).await.unwrap();
