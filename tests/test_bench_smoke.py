@@ -18,6 +18,12 @@ from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN_MANIFEST = ROOT / "benches" / "loadgen" / "Cargo.toml"
+# Transfer syntaxes whose files the load generator can send as they are.
+_NATIVE = {
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+}
 
 
 def _bench(script: str, *args: str, timeout: float) -> None:
@@ -127,10 +133,3 @@ def test_loadgen_streams_large_data_sets_byte_for_byte(
     for p in files:
         stored = p.expected_path(scp.out_dir)
         assert stored.read_bytes() == dataset_bytes(p.path), p.name
-
-
-_NATIVE = {
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
-}
