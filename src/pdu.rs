@@ -126,8 +126,11 @@ pub struct PduReader {
     announced: usize,
     low_water: Option<LowWater>,
     /// Polls the socket before sleeping on it, while the peer is quick
-    /// (only with `low_water`, whose descriptor it polls).
+    /// (only with `low_water`, whose descriptor it polls): for a request.
     spinner: Option<Spinner>,
+    /// Likewise for the rest of a message begun (the rest of a PDU, the
+    /// next PDU of a message), with its own record of the peer's gaps.
+    within: Option<Spinner>,
     /// The peer has begun a message: what the next read waits for is the
     /// rest of it.
     mid_message: bool,
@@ -177,6 +180,7 @@ impl Default for PduReader {
             announced: 0,
             low_water: None,
             spinner: None,
+            within: None,
             mid_message: false,
         }
     }
@@ -199,6 +203,7 @@ impl PduReader {
     pub fn spinning(mut self, limit: &'static Spinners) -> Self {
         if self.low_water.is_some() {
             self.spinner = Some(Spinner::new(limit));
+            self.within = Some(Spinner::new(limit));
         }
         self
     }
@@ -321,8 +326,13 @@ impl PduReader {
             .buf
             .get_mut(self.end..)
             .ok_or(PduError::Malformed("buffer"))?;
-        let n = match (self.spinner.as_mut(), self.low_water.as_ref()) {
-            (Some(spinner), Some(lw)) if request => {
+        let spinner = if request {
+            self.spinner.as_mut()
+        } else {
+            self.within.as_mut()
+        };
+        let n = match (spinner, self.low_water.as_ref()) {
+            (Some(spinner), Some(lw)) => {
                 read_spinning(stream, target, spinner, lw.fd.as_fd()).await?
             }
             _ => stream.read(target).await?,
@@ -435,8 +445,8 @@ impl PduReader {
     }
 }
 
-/// Read a request into `target`; if nothing is there yet, spin (or not, as
-/// `spinner` decides) before sleeping.
+/// Read into `target`; if nothing is there yet, spin (or not, as `spinner`
+/// decides) before sleeping.
 async fn read_spinning<R: AsyncRead + Unpin>(
     stream: &mut R,
     target: &mut [u8],
@@ -942,8 +952,8 @@ mod tests {
     /// Over a real connection, with a peer that sends each request when it
     /// has the response to the one before: requests come out whole whether
     /// the reader spins or sleeps; a peer that answers at once is waited
-    /// for spinning, and one that dawdles stops the spinning; and the rest
-    /// of a message begun is never spun for.
+    /// for spinning, and one that dawdles stops the spinning; and the waits
+    /// for the rest of a message begun are learnt from apart.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_quick_peer_is_spun_for_and_a_slow_one_slept_for() {
         use std::io::{Read, Write};
@@ -978,9 +988,54 @@ mod tests {
                 quickest = quickest.min(estimate(&reader));
             }
         }
-        // The waits of 0.5 ms for each request's rest were not learnt from.
+        // The waits of 0.5 ms for each request's rest were not learnt from
+        // for requests, but they stopped the spinning inside messages.
         assert!(quickest < crate::spin::BUDGET, "{quickest:?}");
         assert!(estimate(&reader) >= Duration::from_millis(1));
+        let within = reader.within.as_ref().unwrap().estimate();
+        assert!(within >= Duration::from_micros(400), "{within:?}");
+        sender.join().unwrap();
+    }
+
+    /// A peer that writes each PDU's header and its body separately (as
+    /// dcmtk's storescu does), the body at once: the reader learns that the
+    /// rest of a message comes quickly, so it spins for it instead of
+    /// sleeping (the test above has the opposite case).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_rest_of_a_message_is_spun_for_while_it_comes_quickly() {
+        use std::io::{Read, Write};
+        use tokio::io::AsyncWriteExt;
+        let (mut peer, _probe, mut stream, reader) = watched();
+        let limit: &'static Spinners = Box::leak(Box::new(Spinners::new(1)));
+        let mut reader = reader.spinning(limit);
+        let messages: Vec<Vec<u8>> = (0..40).map(|i| fragment(100 + i, true)).collect();
+        let sent = messages.clone();
+        let sender = std::thread::spawn(move || {
+            let mut ack = [0u8; 1];
+            for message in &sent {
+                let (head, tail) = message.split_at(12);
+                peer.write_all(head).unwrap();
+                // A busy wait: a sleep this short overshoots.
+                let began = std::time::Instant::now();
+                while began.elapsed() < Duration::from_micros(50) {}
+                peer.write_all(tail).unwrap();
+                peer.read_exact(&mut ack).unwrap();
+            }
+        });
+        let within = |reader: &PduReader| reader.within.as_ref().unwrap().estimate();
+        let mut quickest = Duration::MAX;
+        for message in &messages {
+            // Each message is a request; the wait for its body is inside it.
+            reader.mid_message(false);
+            let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
+            assert_eq!(pdu.bytes, &message[..]);
+            stream.write_all(&[1]).await.unwrap();
+            // Zero until a wait for a body was learnt from.
+            if within(&reader) > Duration::ZERO {
+                quickest = quickest.min(within(&reader));
+            }
+        }
+        assert!(quickest < crate::spin::BUDGET, "{quickest:?}");
         sender.join().unwrap();
     }
 
