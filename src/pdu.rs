@@ -997,48 +997,6 @@ mod tests {
         sender.join().unwrap();
     }
 
-    /// A peer that writes each PDU's header and its body separately (as
-    /// dcmtk's storescu does), the body at once: the reader learns that the
-    /// rest of a message comes quickly, so it spins for it instead of
-    /// sleeping (the test above has the opposite case).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_rest_of_a_message_is_spun_for_while_it_comes_quickly() {
-        use std::io::{Read, Write};
-        use tokio::io::AsyncWriteExt;
-        let (mut peer, _probe, mut stream, reader) = watched();
-        let limit: &'static Spinners = Box::leak(Box::new(Spinners::new(1)));
-        let mut reader = reader.spinning(limit);
-        let messages: Vec<Vec<u8>> = (0..40).map(|i| fragment(100 + i, true)).collect();
-        let sent = messages.clone();
-        let sender = std::thread::spawn(move || {
-            let mut ack = [0u8; 1];
-            for message in &sent {
-                let (head, tail) = message.split_at(12);
-                peer.write_all(head).unwrap();
-                // A busy wait: a sleep this short overshoots.
-                let began = std::time::Instant::now();
-                while began.elapsed() < Duration::from_micros(50) {}
-                peer.write_all(tail).unwrap();
-                peer.read_exact(&mut ack).unwrap();
-            }
-        });
-        let within = |reader: &PduReader| reader.within.as_ref().unwrap().estimate();
-        let mut quickest = Duration::MAX;
-        for message in &messages {
-            // Each message is a request; the wait for its body is inside it.
-            reader.mid_message(false);
-            let pdu = reader.read(&mut stream, 1 << 20).await.unwrap();
-            assert_eq!(pdu.bytes, &message[..]);
-            stream.write_all(&[1]).await.unwrap();
-            // Zero until a wait for a body was learnt from.
-            if within(&reader) > Duration::ZERO {
-                quickest = quickest.min(within(&reader));
-            }
-        }
-        assert!(quickest < crate::spin::BUDGET, "{quickest:?}");
-        sender.join().unwrap();
-    }
-
     /// A data set that announced its length wakes the reader before its end,
     /// with about one PDU still to come, so that the end finds the rest
     /// handled; and the stretch waited for at once is bounded.
