@@ -358,13 +358,7 @@ impl PduReader {
         let follows = std::mem::take(&mut self.follows);
         let announced = std::mem::take(&mut self.announced);
         if announced > FAR_FROM_THE_END && self.buf.len() < STREAM_BUFFER {
-            // A fresh zeroed allocation (pages the kernel zeroes as they are
-            // touched) rather than zero-filling 1 MiB here.
-            let mut grown = vec![0; STREAM_BUFFER];
-            if let (Some(dst), Some(src)) = (grown.get_mut(..self.end), self.buf.get(..self.end)) {
-                dst.copy_from_slice(src);
-            }
-            self.buf = grown;
+            self.buf = buffer_holding(STREAM_BUFFER, self.buf.get(..self.end).unwrap_or_default());
         }
         let mut hoped = match announced.checked_sub(KEEP_BACK) {
             Some(before_the_end) if before_the_end > 0 => {
@@ -433,16 +427,24 @@ impl PduReader {
         if self.buf.len() > keep.saturating_mul(2) && self.available() <= keep {
             let consumed = self.start + self.handed_out;
             let rest = self.buf.get(consumed..self.end).unwrap_or_default();
-            let mut fresh = vec![0; keep];
-            if let Some(dst) = fresh.get_mut(..rest.len()) {
-                dst.copy_from_slice(rest);
-            }
+            let fresh = buffer_holding(keep, rest);
             self.end = rest.len();
             self.start = 0;
             self.handed_out = 0;
             self.buf = fresh;
         }
     }
+}
+
+/// A new buffer of `size` bytes that begins with `bytes` (which fit): a
+/// fresh zeroed allocation, whose pages the kernel zeroes as they are
+/// touched, rather than a resize that zero-fills them here.
+fn buffer_holding(size: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0; size];
+    if let Some(dst) = buf.get_mut(..bytes.len()) {
+        dst.copy_from_slice(bytes);
+    }
+    buf
 }
 
 /// Read into `target`; if nothing is there yet, spin (or not, as `spinner`
