@@ -579,11 +579,24 @@ def plan(args: argparse.Namespace) -> list[Group]:
     return out
 
 
-def rotated(receivers: Sequence[str], rep: int) -> list[str]:
-    """The order of round ``rep``: each round starts one receiver further
-    on, so that no receiver always runs first, or always after the same one."""
-    k = rep % len(receivers) if receivers else 0
-    return [*receivers[k:], *receivers[:k]]
+def round_order(receivers: Sequence[str], rep: int) -> list[str]:
+    """The order of round ``rep``: the rows of a Williams design. Over
+    ``n`` rounds (``2n`` when ``n`` is odd) every receiver runs first once
+    (twice) and right after every other receiver once (twice), so neither
+    the first place nor a given predecessor (one that leaves the disk busy,
+    or one that stores nothing) favours anybody. Each row is the first one
+    shifted by ``rep``; with an odd ``n`` the second ``n`` rows are the
+    first ``n`` reversed."""
+    n = len(receivers)
+    if n == 0:
+        return []
+    # 0, 1, n-1, 2, n-2, ...: the differences between neighbours are all
+    # distinct mod n (n even), which is what spreads the predecessors.
+    first = [0] + [(j + 1) // 2 if j % 2 else n - j // 2 for j in range(1, n)]
+    period = n if n % 2 == 0 else 2 * n
+    r = rep % period
+    row = [receivers[(i + r) % n] for i in first]
+    return row[::-1] if r >= n else row
 
 
 METRICS = (
@@ -868,6 +881,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "0 = no big object)",
     )
     p.add_argument("--repeat", type=int, help="timed runs per configuration (default 5)")
+    p.add_argument(
+        "--first-round",
+        type=int,
+        default=0,
+        help="number the rounds from this one, so that runs meant to be pooled "
+        "take further rows of the order design (default 0; e.g. 0, 5, 10)",
+    )
     p.add_argument("--datasets", type=_csv, help="subset of ct,small,big")
     p.add_argument("--storage", type=_csv, help="subset of tmpfs,disk")
     p.add_argument("--senders", type=_csv, help=f"subset of {','.join(SENDERS)}")
@@ -909,6 +929,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                 p.error(f"{name}: unknown {v!r} (known: {', '.join(known)})")
     if min(args.ct, args.small, args.repeat) < 1 or args.big_frames < 0:
         p.error("sizes and --repeat must be positive")
+    if args.first_round < 0:
+        p.error("--first-round must be 0 or more")
     return args
 
 
@@ -978,7 +1000,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             keep = kept if g.storage == "disk" and g.dataset != "big" else None
             warm_up_group(g, sender, data, storage[g.storage], warm, logs, skipped, keep)
             for rep in range(args.repeat):
-                for name in rotated(g.receivers, rep):
+                for name in round_order(g.receivers, args.first_round + rep):
                     done += 1
                     runs = g.runs.setdefault(name, [])
                     why = skipped.get(name) or skipped.get(g.sender)
@@ -1023,6 +1045,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "machine": info,
         "config": {
             "repeat": args.repeat,
+            "first_round": args.first_round,
             "datasets": {
                 k: {
                     "files": len(v.files),

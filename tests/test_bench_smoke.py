@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -80,15 +81,27 @@ def test_benchmark_harness_smoke(tmp_path: Path) -> None:
     assert pooled_out.with_suffix(".md").read_text().count("| dicom-storescp-py |") >= 1
 
 
-def test_each_round_starts_one_receiver_further_on() -> None:
+@pytest.mark.parametrize("n", [2, 3, 4, 6, 9])
+def test_rounds_give_every_receiver_each_place_and_each_predecessor(n: int) -> None:
+    """Over a whole design every receiver runs first equally often and right
+    after every other receiver equally often (a fixed order rotated by one
+    each round would give each receiver the same predecessor every time)."""
     sys.path.insert(0, str(ROOT / "benches"))
     try:
         import run  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(ROOT / "benches"))
-    rounds = [run.rotated(["a", "b", "c"], rep) for rep in range(4)]
-    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
-    assert run.rotated([], 2) == []
+    receivers = [f"r{i}" for i in range(n)]
+    period = n if n % 2 == 0 else 2 * n
+    rounds = [run.round_order(receivers, rep) for rep in range(period)]
+    assert all(sorted(r) == receivers for r in rounds)
+    firsts = Counter(r[0] for r in rounds)
+    assert firsts == Counter({name: period // n for name in receivers})
+    follows = Counter(pair for r in rounds for pair in zip(r, r[1:]))
+    assert len(follows) == n * (n - 1)
+    assert set(follows.values()) == {period // n}
+    assert run.round_order(receivers, period) == rounds[0]
+    assert run.round_order([], 2) == []
 
 
 def test_loadgen_streams_large_data_sets_byte_for_byte(
