@@ -986,6 +986,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     storage = {"tmpfs": tmpfs_root, "disk": disk_root}
     info = machine_info(storage)
     info["storage"]["disk"]["spread_directories"] = spread
+    info["storage"]["disk"]["evicts_page_cache"] = True
     for kind, expected in (("tmpfs", ("tmpfs",)), ("disk", ("ext4", "xfs", "btrfs"))):
         fs = info["storage"][kind]["fs"]
         if fs not in expected:
