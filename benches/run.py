@@ -823,7 +823,7 @@ def evict_from_page_cache(root: Path) -> int:
     since boot, or given back to the host: this one has a virtio balloon
     with free page reporting) costs a fault in the host the first time it
     is written. With every disk run's files held in the page cache, the
-    kernel handed later runs pages it had not used since boot: after about
+    kernel handed later runs such pages: after about
     3 to 6 GB of kept files, CT runs on disk cost every receiver (dcmtk's
     too) 1.2 to 2.3 ms of system CPU per 0.5 MB object instead of 0.35 to
     0.55 ms, for the rest of the benchmark. With the pages given back after
