@@ -1063,8 +1063,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"#{rep + 1}: {status}",
                         file=sys.stderr,
                     )
-                    if g.storage == "disk":
-                        os.sync()
+                    if g.storage == "disk" and keep is None:
+                        os.sync()  # a kept run was synced as it was evicted
     finally:
         shutil.rmtree(tmpfs_root, ignore_errors=True)
         for run_dir in kept:
